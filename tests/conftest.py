@@ -1,0 +1,60 @@
+"""Shared test setup: offline by construction, tiny generated models and tokenizers."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Before anything imports huggingface_hub/transformers/datasets: no network, and caches in a throwaway folder.
+_HF_HOME = tempfile.mkdtemp(prefix="convirt-test-hf-home-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+from helpers import build_tokenizer, tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def hf_home() -> Path:
+    return Path(_HF_HOME)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A WordPiece tokenizer with a small in-test vocabulary, saved like a Hub tokenizer folder."""
+    path = tmp_path_factory.mktemp("tokenizer")
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture()
+def config(tokenizer):
+    return tiny_config(vocab_size=tokenizer.vocab_size)
+
+
+@pytest.fixture()
+def model(config):
+    from convirt_hf import ConvirtModel
+
+    torch.manual_seed(0)
+    return ConvirtModel(config)

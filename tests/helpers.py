@@ -1,0 +1,113 @@
+"""Builders shared by tests (tiny models, a generated tokenizer, a clean-interpreter runner)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+WORDS = """
+the a an of and or no with without is are there be seen at in on to left right bilateral mild moderate severe small
+large new stable unchanged heart cardiac silhouette size enlarged normal cardiomegaly lung lungs clear pleural effusion
+effusions pneumothorax pneumonia consolidation opacity opacities atelectasis edema pulmonary vascular congestion
+fracture rib ribs osseous structures intact acute process finding findings impression base bases lobe upper lower
+mediastinal contours hilar chest radiograph pa ap lateral view support devices tube line catheter clinically
+significant radiographic abnormalities cardiopulmonary abnormality this photo of not identified evidence focal
+""".split()
+
+
+def build_tokenizer():
+    """A BERT WordPiece tokenizer over a small radiology vocabulary plus characters, built offline.
+
+    Loaded from a folder holding vocab.txt: transformers 5.x ignores a `vocab_file=` argument to the tokenizer class.
+    """
+    import json
+    import string
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    characters = list(string.ascii_lowercase + string.digits + string.punctuation)
+    subwords = [f"##{c}" for c in string.ascii_lowercase + string.digits]
+    vocab = list(dict.fromkeys(specials + WORDS + characters + subwords))
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.txt").write_text("\n".join(vocab) + "\n")
+        Path(folder, "tokenizer_config.json").write_text(
+            json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 128})
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.vocab_size != len(vocab):
+        raise RuntimeError(f"tokenizer vocabulary has {tokenizer.vocab_size} entries, expected {len(vocab)}")
+    return tokenizer
+
+
+def tiny_config(vocab_size: int = 200, **overrides):
+    """A ConvirtConfig small enough for CPU tests: timm's test_resnet and a 2-layer BERT."""
+    from convirt_hf import ConvirtConfig
+
+    values = dict(
+        image_model_name="test_resnet",
+        image_size=32,
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        frozen_text_layers=1,
+        projection_dim=16,
+    )
+    values.update(overrides)
+    return ConvirtConfig(**values)
+
+
+# A clean interpreter in which `convirt_hf` cannot be imported even though it is installed in the environment, so
+# that only the code saved next to the weights (trust_remote_code) can serve the model.
+BLOCK_CONVIRT_HF = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class _BlockConvirtHf(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "convirt_hf" or name.startswith("convirt_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+            return None
+
+    sys.meta_path.insert(0, _BlockConvirtHf())
+    try:
+        import convirt_hf  # noqa: F401
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise SystemExit("convirt_hf is importable: the test would not exercise remote code")
+    """
+)
+
+
+def run_clean_python(code: str, hf_home: Path, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter with convirt_hf blocked, offline, with HF_HOME under `hf_home`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(
+        HF_HOME=str(hf_home),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONPATH="",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_CONVIRT_HF + textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"clean subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
