@@ -19,29 +19,14 @@ significant radiographic abnormalities cardiopulmonary abnormality this photo of
 
 
 def build_tokenizer():
-    """A BERT WordPiece tokenizer over a small radiology vocabulary plus characters, built offline.
-
-    Loaded from a folder holding vocab.txt: transformers 5.x ignores a `vocab_file=` argument to the tokenizer class.
-    """
-    import json
+    """A BERT WordPiece tokenizer over a small radiology vocabulary plus characters, built offline."""
     import string
-    import tempfile
 
-    from transformers import AutoTokenizer
+    from convirt_hf.text_towers import bert_tokenizer_from_vocab
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     characters = list(string.ascii_lowercase + string.digits + string.punctuation)
     subwords = [f"##{c}" for c in string.ascii_lowercase + string.digits]
-    vocab = list(dict.fromkeys(specials + WORDS + characters + subwords))
-    with tempfile.TemporaryDirectory() as folder:
-        Path(folder, "vocab.txt").write_text("\n".join(vocab) + "\n")
-        Path(folder, "tokenizer_config.json").write_text(
-            json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 128})
-        )
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.vocab_size != len(vocab):
-        raise RuntimeError(f"tokenizer vocabulary has {tokenizer.vocab_size} entries, expected {len(vocab)}")
-    return tokenizer
+    return bert_tokenizer_from_vocab(WORDS + characters + subwords)
 
 
 def tiny_config(vocab_size: int = 200, **overrides):

@@ -382,3 +382,15 @@ def test_dicom_monochrome1_is_inverted_and_windowed(tmp_path):
     assert windowed[0, 0] == 128 and windowed[1, 0] == 0 and windowed[0, 7] == 255  # [500, 1500] -> [0, 255]
     # and the processor accepts the path directly
     assert to_pil_rgb(str(tmp_path / "mono1.dcm")).size == (8, 8)
+
+
+def test_wordpiece_tokenizer_learned_from_a_corpus():
+    from convirt_hf.text_towers import small_bert_config, train_wordpiece_tokenizer
+
+    corpus = ["The cardiac silhouette is enlarged.", "No pleural effusion or pneumothorax.", "The lungs are clear."] * 20
+    tokenizer = train_wordpiece_tokenizer(corpus, vocab_size=300, min_frequency=2)
+    assert tokenizer.vocab_size <= 300
+    encoded = tokenizer("the cardiac silhouette is enlarged .")
+    assert tokenizer.unk_token_id not in encoded["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(encoded["input_ids"])[:3] == ["[CLS]", "the", "cardiac"]
+    assert small_bert_config(tokenizer.vocab_size).vocab_size == tokenizer.vocab_size

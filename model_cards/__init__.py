@@ -1,0 +1,1 @@
+"""Jinja templates for Hub model pages (package data of convirt_hf.model_cards)."""
