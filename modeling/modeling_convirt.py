@@ -390,7 +390,7 @@ class ConvirtModel(ConvirtPreTrainedModel):
     @classmethod
     def from_pretrained_towers(
         cls,
-        image: str | os.PathLike = "resnet50.tv_in1k",
+        image: str | os.PathLike | None = "resnet50.tv_in1k",
         text: str | os.PathLike = "emilyalsentzer/Bio_ClinicalBERT",
         **config_kwargs,
     ) -> ConvirtModel:
@@ -403,7 +403,7 @@ class ConvirtModel(ConvirtPreTrainedModel):
                 A timm name with a pretrained tag, `"hf-hub:org/name"`, `"local-dir:/path"`, a local timm model
                 folder, or a checkpoint file (`.safetensors`, or `.pt`/`.pth`/`.bin` read with
                 `weights_only=True`) holding a timm or torchvision state dict; for a file, set `image_model_name`
-                if the architecture is not ResNet-50.
+                if the architecture is not ResNet-50. `None` keeps a randomly initialised `image_model_name` tower.
             text (`str` or `os.PathLike`, *optional*, defaults to `"emilyalsentzer/Bio_ClinicalBERT"`):
                 Any BERT-family model id or local folder (`model_type` "bert").
             config_kwargs:
@@ -415,7 +415,7 @@ class ConvirtModel(ConvirtPreTrainedModel):
         >>> model = ConvirtModel.from_pretrained_towers("resnet50.tv_in1k", "emilyalsentzer/Bio_ClinicalBERT")
         ```
         """
-        architecture, image_state, image_source = load_image_tower_weights(str(image))
+        architecture, image_state, image_source = ("", None, None) if image is None else load_image_tower_weights(str(image))
         requested = config_kwargs.pop("image_model_name", None)
         if architecture and requested and requested != architecture:
             raise ValueError(
@@ -435,12 +435,13 @@ class ConvirtModel(ConvirtPreTrainedModel):
             **config_kwargs,
         )
         model = cls(config)
-        model.load_image_tower_state(image_state, source=image_source)
+        if image_state is not None:
+            model.load_image_tower_state(image_state, source=image_source)
         model.text_encoder.load_state_dict(text_model.state_dict(), strict=True)
         logger.warning(
             "ConvirtModel built from pretrained towers (%s, %s): the projection heads are newly initialised and need "
             "ConVIRT pretraining.",
-            image_source,
+            image_source or f"{image_model_name}, random initialisation",
             text,
         )
         return model

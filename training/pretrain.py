@@ -39,7 +39,7 @@ from convirt_hf.checkpointing import CheckpointWriteError, latest_checkpoint, lo
 from convirt_hf.cli import one_of, parse_arguments, positive
 from convirt_hf.data.collate import ConvirtCollator
 from convirt_hf.data.pairs import EpochShuffleSampler, PairViews
-from convirt_hf.data.transforms import ConvirtEvalTransform, ConvirtTrainTransform
+from convirt_hf.data.transforms import AUGMENTATION_PRESETS, ConvirtEvalTransform, ConvirtTrainTransform
 from convirt_hf.evaluation.retrieval import DEFAULT_KS, format_precision_table
 from convirt_hf.evaluation.zero_shot import RetrievalSet, evaluate_retrieval, load_retrieval_set
 from convirt_hf.losses import ConvirtLoss
@@ -116,6 +116,11 @@ class DataArguments:
     eval_resize: int | None = field(default=None, metadata={"help": "evaluation resize (default image_size * 8/7)"})
     max_length: int = field(default=128, metadata={"help": "maximum tokens per sentence"})
     text_mode: str = field(default="sentence", metadata={"help": "sentence (sample one, the paper) or report"})
+    augmentation: str = field(
+        default="light",
+        metadata={"help": "paper (the paper's five augmentations and ranges) or light (narrower ranges, for small "
+                  "from-scratch CPU runs; see convirt_hf.data.transforms.AUGMENTATION_PRESETS)"},
+    )
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     max_train_samples: int | None = None
 
@@ -126,6 +131,7 @@ class DataArguments:
         positive("validation_size", self.validation_size)
         positive("synthetic_pretrain_size", self.synthetic_pretrain_size)
         one_of("text_mode", self.text_mode, ("sentence", "report"))
+        one_of("augmentation", self.augmentation, tuple(AUGMENTATION_PRESETS))
         if self.dataset is not None and not Path(self.dataset).expanduser().exists():
             raise ValueError(f"--dataset {self.dataset!r} does not exist")
         if self.max_train_samples is not None:
@@ -310,20 +316,20 @@ def build_tokenizer_and_model(model_args: ModelArguments, data_args: DataArgumen
         frozen_text_layers=model_args.frozen_text_layers,
         image_size=data_args.image_size,
     )
-    if model_args.image_tower is None and model_args.text_tower is None:
+    if model_args.text_tower is None:
+        if model_args.image_tower is not None:
+            raise ValueError("--image_tower needs --text_tower: this script trains a from-scratch text tower only "
+                             "together with a from-scratch image tower (the offline demo)")
         model = ConvirtModel(
             ConvirtConfig(image_model_name=model_args.image_model_name, text_config=text_config.to_dict(), **config_fields)
         )
-    elif model_args.text_tower is not None:
+    else:
         model = ConvirtModel.from_pretrained_towers(
-            image=model_args.image_tower or model_args.image_model_name,
+            image=model_args.image_tower,
             text=model_args.text_tower,
             image_model_name=model_args.image_model_name if model_args.image_tower is None else None,
             **config_fields,
         )
-    else:
-        raise ValueError("--image_tower needs --text_tower (a pretrained image tower with a from-scratch text tower "
-                         "is not a ConVIRT setting this script builds)")
     eval_resize = data_args.eval_resize or round(data_args.image_size * 8 / 7)
     processor = ConvirtProcessor.from_tokenizer(tokenizer, image_size=data_args.image_size, resize_size=eval_resize)
     return processor, model
@@ -332,8 +338,9 @@ def build_tokenizer_and_model(model_args: ModelArguments, data_args: DataArgumen
 def build_dataloaders(train_records, validation_records, processor, data_args, args):
     eval_resize = data_args.eval_resize or round(data_args.image_size * 8 / 7)
     collator = ConvirtCollator(processor.tokenizer, max_length=data_args.max_length)
-    train_views = PairViews(train_records, ConvirtTrainTransform(output_size=data_args.image_size), args.seed,
-                            data_args.text_mode)
+    train_transform = ConvirtTrainTransform(output_size=data_args.image_size,
+                                            ranges=AUGMENTATION_PRESETS[data_args.augmentation])
+    train_views = PairViews(train_records, train_transform, args.seed, data_args.text_mode)
     validation_views = PairViews(
         validation_records, ConvirtEvalTransform(resize=eval_resize, crop=data_args.image_size), args.seed,
         data_args.text_mode,
