@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 # Training by-products that are not part of a model repo.
-IGNORE_PATTERNS = ["checkpoints/*", "best_model/*", "runs/*", ".incomplete-*", "*.jsonl", "convirt_run.json"]
+IGNORE_PATTERNS = ["checkpoints/*", "best_model/*", "tokenizer/*", "runs/*", ".incomplete-*", "*.jsonl",
+                   "convirt_run.json"]
 
 
 def check_repo_id(repo_id: str) -> str:

@@ -37,21 +37,35 @@ def bert_tokenizer_from_vocab(tokens: Sequence[str], model_max_length: int = 128
     return tokenizer
 
 
-def train_wordpiece_tokenizer(
+def corpus_wordpiece_tokenizer(
     texts: Iterable[str], vocab_size: int = 2000, min_frequency: int = 2, model_max_length: int = 128
 ) -> PreTrainedTokenizerBase:
-    """Learns a lower-cased WordPiece vocabulary (BERT normalisation and pre-tokenisation) from `texts`."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """
+    A BERT WordPiece tokenizer whose vocabulary comes from `texts`: every character seen (alone and as a "##"
+    continuation, so no word is ever unknown), then whole words by frequency (ties broken alphabetically), up to
+    `vocab_size` entries; words seen fewer than `min_frequency` times are spelled out.
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS), show_progress=False
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    ordered = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
-    return bert_tokenizer_from_vocab(ordered, model_max_length=model_max_length)
+    Deterministic on purpose: the same texts always give the same ids, in every process and after a resume.
+    (The `tokenizers` WordPiece trainer breaks ties differently from run to run.)
+    """
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    words: Counter = Counter()
+    for text in texts:
+        words.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    characters = sorted({character for word in words for character in word})
+    vocab = [*SPECIAL_TOKENS, *characters, *(f"##{character}" for character in characters)]
+    if len(vocab) > vocab_size:
+        raise ValueError(f"vocab_size={vocab_size} is smaller than the corpus's {len(vocab)} characters and special tokens")
+    known = set(vocab)
+    frequent = sorted((word for word, count in words.items() if count >= min_frequency and word not in known),
+                      key=lambda word: (-words[word], word))
+    vocab += frequent[: vocab_size - len(vocab)]
+    return bert_tokenizer_from_vocab(vocab, model_max_length=model_max_length)
 
 
 def small_bert_config(

@@ -384,13 +384,20 @@ def test_dicom_monochrome1_is_inverted_and_windowed(tmp_path):
     assert to_pil_rgb(str(tmp_path / "mono1.dcm")).size == (8, 8)
 
 
-def test_wordpiece_tokenizer_learned_from_a_corpus():
-    from convirt_hf.text_towers import small_bert_config, train_wordpiece_tokenizer
+def test_corpus_tokenizer_is_deterministic_and_covers_the_corpus():
+    from convirt_hf.text_towers import corpus_wordpiece_tokenizer, small_bert_config
 
     corpus = ["The cardiac silhouette is enlarged.", "No pleural effusion or pneumothorax.", "The lungs are clear."] * 20
-    tokenizer = train_wordpiece_tokenizer(corpus, vocab_size=300, min_frequency=2)
-    assert tokenizer.vocab_size <= 300
+    tokenizer = corpus_wordpiece_tokenizer(corpus, vocab_size=300, min_frequency=2)
+    again = corpus_wordpiece_tokenizer(list(reversed(corpus)), vocab_size=300, min_frequency=2)
+    assert tokenizer.get_vocab() == again.get_vocab()  # same texts, same ids, whatever the order
     encoded = tokenizer("the cardiac silhouette is enlarged .")
-    assert tokenizer.unk_token_id not in encoded["input_ids"]
-    assert tokenizer.convert_ids_to_tokens(encoded["input_ids"])[:3] == ["[CLS]", "the", "cardiac"]
+    assert tokenizer.convert_ids_to_tokens(encoded["input_ids"]) == ["[CLS]", "the", "cardiac", "silhouette", "is",
+                                                                     "enlarged", ".", "[SEP]"]
+    spelled = tokenizer.convert_ids_to_tokens(tokenizer("cat")["input_ids"])  # unseen word: characters, never [UNK]
+    assert spelled == ["[CLS]", "c", "##a", "##t", "[SEP]"]
+    small = corpus_wordpiece_tokenizer(corpus, vocab_size=60, min_frequency=2)
+    assert small.vocab_size <= 60 and "the" in small.get_vocab()  # the most frequent words make the cut
+    with pytest.raises(ValueError, match="smaller than"):
+        corpus_wordpiece_tokenizer(corpus, vocab_size=10)
     assert small_bert_config(tokenizer.vocab_size).vocab_size == tokenizer.vocab_size

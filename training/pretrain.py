@@ -45,7 +45,7 @@ from convirt_hf.evaluation.zero_shot import RetrievalSet, evaluate_retrieval, lo
 from convirt_hf.losses import ConvirtLoss
 from convirt_hf.lr_schedule import LearningRateController
 from convirt_hf.model_card import write_model_card
-from convirt_hf.text_towers import small_bert_config, train_wordpiece_tokenizer
+from convirt_hf.text_towers import corpus_wordpiece_tokenizer, small_bert_config
 
 logger = logging.getLogger("convirt_hf.pretrain")
 
@@ -90,6 +90,9 @@ class ModelArguments:
         positive("text_vocab_size", self.text_vocab_size)
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"--text_dropout must be in [0, 1), got {self.text_dropout!r}")
+        if self.image_tower is not None and self.text_tower is None:
+            raise ValueError("--image_tower needs --text_tower: a from-scratch text tower is only trained together "
+                             "with a from-scratch image tower (the offline demo)")
 
 
 @dataclass
@@ -193,8 +196,8 @@ class PretrainingArguments:
             raise ValueError(f"--resume must be 'latest' or an existing checkpoint folder, got {self.resume!r}")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; a checkpoint of the state before the bad step was saved."""
+class NonFiniteTrainingError(RuntimeError):
+    """A batch held non-finite pixels, or the loss became NaN/infinite; the message says what was saved where."""
 
 
 @dataclass
@@ -243,13 +246,24 @@ def build_accelerator(args: PretrainingArguments, output_dir: Path) -> Accelerat
             log_with = "tensorboard"
         except ImportError:
             logger.warning("tensorboard is not installed: metrics go to train_log.jsonl only")
-    return Accelerator(
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    # Without GPUs, accelerate (1.15) only joins launched processes into one gloo group when asked for the CPU:
+    # otherwise each process silently runs alone, and all of them write the same output folder.
+    cpu = launched_processes > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(
+        cpu=cpu,
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
         dataloader_config=DataLoaderConfiguration(even_batches=False),
     )
+    if accelerator.num_processes != launched_processes:
+        raise RuntimeError(
+            f"{launched_processes} processes were launched but accelerate initialised {accelerator.num_processes}: "
+            "they would train separately and overwrite each other's output. Check `accelerate config`."
+        )
+    return accelerator
 
 
 def load_corpus(data_args: DataArguments, accelerator: Accelerator, seed: int):
@@ -287,10 +301,29 @@ def load_corpus(data_args: DataArguments, accelerator: Accelerator, seed: int):
     return train, validation, retrieval
 
 
-def build_tokenizer_and_model(model_args: ModelArguments, data_args: DataArguments, train_records):
+def prepare_tokenizer(model_args: ModelArguments, data_args: DataArguments, train_records, accelerator,
+                      output_dir: Path):
+    """
+    The text tower's tokenizer; for a from-scratch tower, one built from the training reports by the main process
+    and saved in the run folder, so every process, and a resumed run, use the very same ids.
+    """
+    from transformers import AutoTokenizer
+
+    if model_args.text_tower is not None:
+        return AutoTokenizer.from_pretrained(model_args.text_tower)
+    saved = output_dir / "tokenizer"
+    if accelerator.is_main_process and not (saved / "tokenizer_config.json").is_file():
+        sentences = (sentence for row in train_records.select_columns(["sentences", "text"])
+                     for sentence in (row["sentences"] or [row["text"]]))
+        corpus_wordpiece_tokenizer(sentences, vocab_size=model_args.text_vocab_size,
+                                   model_max_length=data_args.max_length).save_pretrained(saved)
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(saved)
+
+
+def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer) -> tuple[ConvirtProcessor, ConvirtModel]:
+    text_config = None
     if model_args.text_tower is None:
-        sentences = (sentence for row in train_records.select_columns(["sentences"]) for sentence in row["sentences"])
-        tokenizer = train_wordpiece_tokenizer(sentences, vocab_size=model_args.text_vocab_size)
         text_config = small_bert_config(
             tokenizer.vocab_size,
             hidden_size=model_args.text_hidden_size,
@@ -300,11 +333,6 @@ def build_tokenizer_and_model(model_args: ModelArguments, data_args: DataArgumen
             max_position_embeddings=max(128, data_args.max_length),
         )
         text_config.hidden_dropout_prob = text_config.attention_probs_dropout_prob = model_args.text_dropout
-    else:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_args.text_tower)
-        text_config = None
 
     config_fields = dict(
         projection=model_args.projection,
@@ -317,9 +345,6 @@ def build_tokenizer_and_model(model_args: ModelArguments, data_args: DataArgumen
         image_size=data_args.image_size,
     )
     if model_args.text_tower is None:
-        if model_args.image_tower is not None:
-            raise ValueError("--image_tower needs --text_tower: this script trains a from-scratch text tower only "
-                             "together with a from-scratch image tower (the offline demo)")
         model = ConvirtModel(
             ConvirtConfig(image_model_name=model_args.image_model_name, text_config=text_config.to_dict(), **config_fields)
         )
@@ -354,10 +379,13 @@ def build_dataloaders(train_records, validation_records, processor, data_args, a
         persistent_workers=data_args.num_workers > 0,
         drop_last=True,  # ragged batches break the gather, and padding duplicates would be false negatives
     )
-    train_loader = DataLoader(train_views, sampler=train_sampler, **loader_kwargs)
+    # Own generators: creating an iterator otherwise draws a seed from the global RNG, and a run resumed mid-epoch
+    # (one extra iterator) would then see different dropout masks from an uninterrupted one.
+    train_loader = DataLoader(train_views, sampler=train_sampler, generator=torch.Generator().manual_seed(args.seed),
+                              **loader_kwargs)
     validation_loader = DataLoader(
         validation_views, sampler=EpochShuffleSampler(len(validation_views), seed=args.seed, shuffle=False),
-        **loader_kwargs,
+        generator=torch.Generator().manual_seed(args.seed), **loader_kwargs,
     )
     return train_loader, train_sampler, validation_loader
 
@@ -436,27 +464,32 @@ def train(model, optimizer, loss_fn, train_loader, train_sampler, validation_loa
     window_start, window_samples = time.perf_counter(), 0
     stop = False
     while not stop:
-        train_sampler.set_epoch(state.epoch)
+        train_sampler.use_epoch(state.epoch)
         loader = train_loader
         if state.batches_in_epoch:
             loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
         for batch in loader:
             lr = controller.apply(optimizer, state.step)
             ids = batch.pop("id", None)
+            # Checked before the forward pass: a NaN image would otherwise poison BatchNorm running statistics
+            # before any loss could be looked at.
+            bad_pixels = torch.tensor(float(not torch.isfinite(batch["pixel_values"]).all()), device=accelerator.device)
+            if accelerator.reduce(bad_pixels, reduction="sum").item() > 0:
+                checkpoint = save_checkpoint(accelerator, output_dir / "checkpoints", state.step,
+                                             snapshot(state, controller), args.save_total_limit)
+                raise NonFiniteTrainingError(
+                    f"Non-finite pixel values in the batch of step {state.step} (batch ids on this process: {ids}). "
+                    f"Training stopped before using it; the state is saved in {checkpoint} and resumes with "
+                    "--resume latest once the data is fixed."
+                )
             batch = move_batch(batch, accelerator.device, args.channels_last)
             with accelerator.accumulate(model):
                 outputs = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
                                 attention_mask=batch["attention_mask"])
                 loss = loss_fn(outputs.image_embeds, outputs.text_embeds)
-                bad = accelerator.reduce((~torch.isfinite(loss.detach())).float(), reduction="sum")
-                if bad.item() > 0:
-                    save_checkpoint(accelerator, output_dir / "checkpoints", state.step, snapshot(state, controller),
-                                    args.save_total_limit)
-                    raise NonFiniteLossError(
-                        f"The loss became {loss.item()} at step {state.step} (lr {lr:.3g}); batch ids {ids}. "
-                        f"Training stopped; the state before this step is saved in {output_dir / 'checkpoints'}. "
-                        "Check the data of this batch, lower --learning_rate, or use --mixed_precision bf16/no."
-                    )
+                bad_loss = accelerator.reduce((~torch.isfinite(loss.detach())).float(), reduction="sum")
+                if bad_loss.item() > 0:
+                    raise stop_on_non_finite_loss(accelerator, loss, state, lr, ids, output_dir)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -493,6 +526,19 @@ def train(model, optimizer, loss_fn, train_loader, train_sampler, validation_loa
             state.batches_in_epoch = 0
     progress.close()
     return state
+
+
+def stop_on_non_finite_loss(accelerator, loss, state: TrainState, lr: float, ids, output_dir: Path):
+    """Saves the state for inspection (not for resuming: this forward pass may have updated BatchNorm statistics)."""
+    inspection = output_dir / f"non_finite_state_step_{state.step:08d}"
+    accelerator.save_state(output_dir=str(inspection), safe_serialization=True)
+    last_good = latest_checkpoint(output_dir / "checkpoints")
+    return NonFiniteTrainingError(
+        f"The loss became {loss.item()} at step {state.step} (lr {lr:.3g}; batch ids on this process: {ids}). "
+        f"Training stopped. The state at this step is saved for inspection in {inspection}; resume from the last "
+        f"good checkpoint ({last_good or 'none yet'}) with --resume latest, with a lower --learning_rate or "
+        "--mixed_precision no/bf16 if the loss overflowed."
+    )
 
 
 def snapshot(state: TrainState, controller: LearningRateController) -> dict:
@@ -576,11 +622,14 @@ def summary_paragraph(metrics: dict, output_dir: Path) -> str:
         f"{metrics['best_validation_loss']:.4f}."
     )
     if "retrieval" in metrics:
-        i2i = metrics["retrieval"]["image->image"]["mean"]["10"]
-        t2i = metrics["retrieval"]["text->image"]["mean"]["10"]
+        parts = []
+        for direction in ("image->image", "text->image"):
+            means = metrics["retrieval"][direction]["mean"]
+            k = "10" if means.get("10") is not None else next((k for k in ("5",) if means.get(k) is not None), None)
+            parts.append(f"{direction} P@{k} {100 * means[k]:.1f}%" if k else f"{direction} n/a (too few candidates)")
         text += (
-            f" Zero-shot retrieval on the held-out set: image->image P@10 {100 * i2i:.1f}%, text->image P@10 "
-            f"{100 * t2i:.1f}% (chance {100 * metrics['retrieval_chance']:.1f}%)."
+            f" Zero-shot retrieval on the held-out set: {', '.join(parts)} "
+            f"(chance {100 * metrics['retrieval_chance']:.1f}%)."
         )
     return text + f" The model, processor, code and card are in {output_dir}."
 
@@ -604,7 +653,8 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
 
     train_records, validation_records, retrieval = load_corpus(data_args, accelerator, args.seed)
-    processor, model = build_tokenizer_and_model(model_args, data_args, train_records)
+    tokenizer = prepare_tokenizer(model_args, data_args, train_records, accelerator, output_dir)
+    processor, model = build_model(model_args, data_args, tokenizer)
     if args.gradient_checkpointing:
         model.set_grad_checkpointing(True)
     if args.channels_last:
@@ -671,7 +721,7 @@ def main(argv: list[str] | None = None) -> dict:
 def cli() -> None:
     try:
         main()
-    except (ValueError, NonFiniteLossError, CheckpointWriteError) as error:
+    except (ValueError, NonFiniteTrainingError, CheckpointWriteError) as error:
         logging.getLogger("convirt_hf.pretrain").error("%s", error)
         sys.exit(1)
 

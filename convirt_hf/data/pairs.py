@@ -20,7 +20,13 @@ from .reports import sample_sentence
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A seeded permutation per epoch, yielding epoch-tagged indices (``epoch * num_rows + row``)."""
+    """
+    A seeded permutation per epoch, yielding epoch-tagged indices (``epoch * num_rows + row``).
+
+    The epoch is chosen with :meth:`use_epoch`, deliberately not named ``set_epoch``: accelerate's prepared loaders
+    call ``sampler.set_epoch(<their own pass count>)`` at every pass, and a loader made to resume mid-epoch counts
+    from 0, which would replay the wrong epoch. The training loop, which checkpoints the epoch, owns it.
+    """
 
     def __init__(self, num_rows: int, seed: int = 0, shuffle: bool = True):
         self.num_rows = num_rows
@@ -28,7 +34,7 @@ class EpochShuffleSampler(Sampler[int]):
         self.shuffle = shuffle
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:

@@ -132,7 +132,7 @@ def test_pair_views_are_a_function_of_seed_epoch_and_row(tokenizer):
     ]
     views = PairViews(records, ConvirtTrainTransform(output_size=32), seed=1)
     sampler = EpochShuffleSampler(len(views), seed=1)
-    sampler.set_epoch(2)
+    sampler.use_epoch(2)
     order = list(sampler)
     assert sorted(order) == list(range(12, 18))  # epoch-tagged indices
     first = views[order[0]]

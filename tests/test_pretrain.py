@@ -1,0 +1,254 @@
+"""training/pretrain.py end to end with tiny settings: learning, 2 processes, crash and resume, NaN, output folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from helpers import run_clean_python
+from safetensors.torch import load_file
+
+from convirt_hf.checkpointing import latest_checkpoint
+from convirt_hf.data.synthetic import SyntheticCorpusConfig, generate_synthetic_corpus
+from convirt_hf.training import pretrain
+
+SCRIPT = REPO_ROOT / "training" / "pretrain.py"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    config = SyntheticCorpusConfig(seed=0, image_size=48, num_pretrain=64, num_validation=16, num_cls_train=0,
+                                   num_cls_val=0, num_cls_test=0, retrieval_candidates_per_category=6,
+                                   retrieval_queries_per_category=1)
+    return generate_synthetic_corpus(tmp_path_factory.mktemp("corpus") / "synthetic", config)
+
+
+def tiny_args(corpus: Path, output_dir: Path, **overrides) -> list[str]:
+    values = {
+        "dataset": corpus, "retrieval_set": corpus, "output_dir": output_dir, "image_model_name": "test_resnet",
+        "text_layers": 1, "text_hidden_size": 32, "text_vocab_size": 300, "projection_dim": 32, "image_size": 32,
+        "per_device_batch_size": 8, "max_steps": 12, "eval_steps": 6, "save_steps": 4, "logging_steps": 1,
+        "report_to": "none", "learning_rate": 1e-3, "max_length": 32,
+    }
+    values.update(overrides)
+    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+def read_log(output_dir: Path) -> list[dict]:
+    path = output_dir / "train_log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def run_script(args: list[str], launcher: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    command = (launcher or [sys.executable]) + [str(SCRIPT)] + args
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_folder(corpus, tmp_path, hf_home):
+    output_dir = tmp_path / "run"
+    # Whole reports: with 64 pairs and batches of 8, sampled sentences repeat so often within a batch that the loss
+    # cannot fall far below ln(8) in a test's budget; whole reports are unique, so learning shows within 120 steps.
+    metrics = pretrain.main(tiny_args(corpus, output_dir, max_steps=120, eval_steps=60, save_steps=60,
+                                      text_mode="report"))
+    losses = [row["train/loss"] for row in read_log(output_dir) if "train/loss" in row]
+    assert len(losses) == 120
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    # ln(8) = 2.08 is what collapsed (uninformative) embeddings score: ending well below it takes real learning
+    assert last < math.log(8) - 0.2 and last < first - 0.3, losses
+    assert metrics["steps"] == 120 and metrics["retrieval"]["image->image"]["mean"]["5"] is not None
+
+    expected = {"config.json", "model.safetensors", "modeling_convirt.py", "configuration_convirt.py",
+                "processing_convirt.py", "processor_config.json", "tokenizer.json", "README.md", "metrics.json",
+                "training_args.json", "train_log.jsonl"}
+    assert expected <= {path.name for path in output_dir.iterdir()}
+    card = (output_dir / "README.md").read_text()
+    assert "library_name: transformers" in card and "precision_at_5" in card and "not a medical device" in card
+    saved_args = json.loads((output_dir / "training_args.json").read_text())
+    assert saved_args["training"]["max_steps"] == 120
+
+    # the folder serves the same logits without convirt_hf installed
+    from transformers import AutoProcessor
+
+    from convirt_hf import ConvirtModel
+
+    model = ConvirtModel.from_pretrained(output_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
+    from datasets import load_from_disk
+
+    image = load_from_disk(str(corpus))["retrieval_queries"][0]["image"]
+    inputs = processor(images=[image], text=["the heart is enlarged .", "no pleural effusion ."])
+    with torch.no_grad():
+        expected_logits = model(**inputs).logits_per_image
+    torch.save(dict(inputs), tmp_path / "inputs.pt")
+    result = run_clean_python(
+        f"""
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(output_dir)!r}, trust_remote_code=True, dtype=torch.float32).eval()
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r}, weights_only=True)
+        with torch.no_grad():
+            print(model(**inputs).logits_per_image.tolist())
+        """,
+        hf_home=tmp_path / "clean_home", cwd=tmp_path,
+    )
+    torch.testing.assert_close(torch.tensor(json.loads(result.stdout.strip().splitlines()[-1])), expected_logits,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_two_processes_first_step_equals_one_process_on_the_global_batch(corpus, tmp_path):
+    # LayerNorm tower and no dropout: with BatchNorm each process normalises its own half of the batch, so the two
+    # runs would differ by design, not by the loss.
+    common = dict(image_model_name="test_convnext", text_dropout=0.0, max_steps=2, eval_steps=2, save_steps=2)
+    run_script(tiny_args(corpus, tmp_path / "one", per_device_batch_size=16, **common))
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                str(29500 + random.randint(0, 2000))]
+    two = run_script(tiny_args(corpus, tmp_path / "two", per_device_batch_size=8, **common), launcher=launcher)
+    assert "2 process(es)" in two.stderr + two.stdout
+    one_log, two_log = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    first_one = next(row for row in one_log if row["step"] == 1 and "train/loss" in row)
+    first_two = next(row for row in two_log if row["step"] == 1 and "train/loss" in row)
+    assert first_two["train/loss"] == pytest.approx(first_one["train/loss"], rel=1e-5)
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["samples_seen"] == 2 * 16
+
+
+def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(corpus, tmp_path):
+    steps = 16
+    args = dict(max_steps=steps, save_steps=3, eval_steps=8)
+    run_script(tiny_args(corpus, tmp_path / "uninterrupted", **args))
+
+    killed_dir = tmp_path / "killed"
+    kill_after = random.Random(os.getpid()).randint(4, steps - 3)
+    command = [sys.executable, str(SCRIPT)] + tiny_args(corpus, killed_dir, **args)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if any(row.get("step", 0) >= kill_after for row in read_log(killed_dir)):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, f"the run ended before step {kill_after} ({process.returncode})"
+    checkpoint = latest_checkpoint(killed_dir / "checkpoints")
+    assert checkpoint is not None and json.loads((checkpoint / "train_state.json").read_text())["step"] < steps
+
+    run_script(tiny_args(corpus, killed_dir, resume="latest", **args))
+    final = f"checkpoints/step_{steps:08d}/model.safetensors"
+    expected, actual = load_file(tmp_path / "uninterrupted" / final), load_file(killed_dir / final)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), f"{name} differs after resuming (killed after {kill_after})"
+
+
+def test_a_poisoned_batch_stops_with_a_message_and_a_saved_state(corpus, tmp_path, monkeypatch):
+    from convirt_hf.data.pairs import PairViews
+
+    original = PairViews.__getitem__
+
+    def poisoned(self, tagged_index):
+        example = original(self, tagged_index)
+        if self.image_transform.__class__.__name__ == "ConvirtTrainTransform" and tagged_index % self.num_rows == 5:
+            example["pixel_values"] = torch.full_like(example["pixel_values"], float("nan"))
+        return example
+
+    monkeypatch.setattr(PairViews, "__getitem__", poisoned)
+    output_dir = tmp_path / "nan"
+    with pytest.raises(pretrain.NonFiniteTrainingError,
+                       match=r"Non-finite pixel values in the batch of step \d+ .*synthetic-0-pretrain-000005"):
+        pretrain.main(tiny_args(corpus, output_dir, max_steps=20, save_steps=50))
+    checkpoint = latest_checkpoint(output_dir / "checkpoints")
+    assert checkpoint is not None
+    state = json.loads((checkpoint / "train_state.json").read_text())
+    weights = load_file(checkpoint / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())  # BatchNorm statistics included
+    assert state["step"] < 20
+
+
+def test_a_non_finite_loss_stops_and_saves_the_state_for_inspection(corpus, tmp_path, monkeypatch):
+    from convirt_hf.losses import ConvirtLoss
+
+    calls = {"count": 0}
+    original = ConvirtLoss.forward
+
+    def overflowing(self, image_embeds, text_embeds):
+        calls["count"] += 1
+        loss = original(self, image_embeds, text_embeds)
+        return loss * float("inf") if calls["count"] == 7 else loss
+
+    monkeypatch.setattr(ConvirtLoss, "forward", overflowing)
+    output_dir = tmp_path / "inf"
+    with pytest.raises(pretrain.NonFiniteTrainingError, match=r"loss became (inf|nan) at step 6 .*step_00000004"):
+        pretrain.main(tiny_args(corpus, output_dir, max_steps=20, save_steps=4, eval_steps=50))
+    assert (output_dir / "non_finite_state_step_00000006" / "model.safetensors").is_file()
+    assert latest_checkpoint(output_dir / "checkpoints").name == "step_00000004"
+
+
+def test_output_folder_rules(corpus, tmp_path):
+    stranger = tmp_path / "not_a_run"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a previous run"):
+        pretrain.main(tiny_args(corpus, stranger))
+    assert (stranger / "notes.txt").read_text() == "keep me"
+
+    output_dir = tmp_path / "run"
+    pretrain.main(tiny_args(corpus, output_dir, max_steps=2, eval_steps=2, save_steps=2))
+    with pytest.raises(ValueError, match="--resume latest.*--overwrite_output_dir"):
+        pretrain.main(tiny_args(corpus, output_dir, max_steps=2))
+    with pytest.raises(ValueError, match="different settings"):
+        pretrain.main(tiny_args(corpus, output_dir, max_steps=4, per_device_batch_size=4, resume="latest"))
+    pretrain.main(tiny_args(corpus, output_dir, max_steps=2, eval_steps=2, save_steps=2) + ["--overwrite_output_dir"])
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("learning_rate", "-1", "--learning_rate must be > 0"),
+        ("tau", "0", "--tau must be > 0"),
+        ("loss_lambda", "1.5", "--loss_lambda must be in"),
+        ("per_device_batch_size", "0", "--per_device_batch_size must be > 0"),
+        ("projection", "transformer", "--projection must be one of"),
+        ("mixed_precision", "fp8", "--mixed_precision must be one of"),
+        ("dataset", "/does/not/exist", "--dataset '/does/not/exist' does not exist"),
+        ("resume", "/no/checkpoint", "--resume must be 'latest' or an existing checkpoint folder"),
+        ("augmentation", "heavy", "--augmentation must be one of"),
+    ],
+)
+def test_invalid_arguments_fail_before_training(corpus, tmp_path, flag, value, message):
+    args = tiny_args(corpus, tmp_path / "never")
+    index = args.index(f"--{flag}") if f"--{flag}" in args else None
+    if index is None:
+        args += [f"--{flag}", value]
+    else:
+        args[index + 1] = value
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        pretrain.main(args)
+    assert not (tmp_path / "never").exists()
+
+
+def test_presets_load_and_unknown_keys_are_named(tmp_path):
+    from convirt_hf.cli import load_preset
+
+    paper = load_preset("paper", (pretrain.ModelArguments, pretrain.DataArguments, pretrain.PretrainingArguments))
+    assert paper["per_device_batch_size"] == 32 and paper["learning_rate"] == 1e-4 and paper["frozen_text_layers"] == 6
+    assert paper["augmentation"] == "paper" and paper["max_evaluations"] == 200
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rat: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['learning_rat'\]"):
+        pretrain.main(["--config", str(bad)])
