@@ -1,13 +1,16 @@
-# One command sets a fresh machine up and runs the tests: `make test`.
+# Two commands do everything on a fresh machine: `make pretrain` (the default pretraining run) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 # torch/torchvision are installed first, as a pair that imports together (override for another CUDA/CPU build).
 TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# e.g. ACCELERATE_ARGS="--multi_gpu --num_processes 4"; empty uses `accelerate config` (or one process)
+ACCELERATE_ARGS ?=
+PRETRAIN_ARGS ?=
 
 BIN := $(VENV)/bin
 
-.PHONY: setup test clean-venv
+.PHONY: setup test pretrain clean-venv
 
 $(BIN)/.convirt-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +23,9 @@ setup: $(BIN)/.convirt-installed
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+pretrain: setup
+	$(BIN)/accelerate launch $(ACCELERATE_ARGS) training/pretrain.py $(PRETRAIN_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

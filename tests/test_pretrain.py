@@ -252,3 +252,18 @@ def test_presets_load_and_unknown_keys_are_named(tmp_path):
     bad.write_text("learning_rat: 0.1\n")
     with pytest.raises(ValueError, match=r"unknown argument\(s\) \['learning_rat'\]"):
         pretrain.main(["--config", str(bad)])
+
+
+def test_tensorboard_receives_scalars(corpus, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir = tmp_path / "tb"
+    pretrain.main(tiny_args(corpus, output_dir, max_steps=4, eval_steps=4, save_steps=4, report_to="tensorboard"))
+    event_files = list((output_dir / "runs").rglob("events.out.tfevents.*"))
+    assert event_files
+    events = EventAccumulator(str(event_files[0].parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/samples_per_second", "validation/loss"} <= tags
+    assert any(tag.startswith("retrieval/image->image/") for tag in tags)
