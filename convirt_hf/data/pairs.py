@@ -18,6 +18,21 @@ from torch.utils.data import Dataset, Sampler
 
 from .reports import sample_sentence
 
+# "report" is what the training script calls the whole-text mode; "whole" is the report module's name for it.
+TEXT_MODES = ("sentence", "report", "whole")
+
+
+def check_text_mode(text_mode: str) -> None:
+    if text_mode not in TEXT_MODES:
+        raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {text_mode!r}")
+
+
+def pair_text(sentences, text: str | None, text_mode: str, rng: np.random.Generator) -> str:
+    """The text view t_u of one row: a uniformly sampled sentence, or the whole text (also when no sentence is left)."""
+    if text_mode == "sentence" and sentences:
+        return sample_sentence(sentences, rng)
+    return text or ""
+
 
 class EpochShuffleSampler(Sampler[int]):
     """
@@ -58,12 +73,12 @@ class PairViews(Dataset):
         records: a `datasets.Dataset` with the shared record columns (``image`` decoded to PIL).
         image_transform: called as ``image_transform(image, generator=torch.Generator)``.
         seed: the run's seed.
-        text_mode: ``"sentence"`` samples one sentence uniformly (the paper); ``"report"`` uses the whole text.
+        text_mode: ``"sentence"`` samples one sentence uniformly (the paper); ``"report"`` (or ``"whole"``) uses the
+            whole text.
     """
 
     def __init__(self, records, image_transform: Callable, seed: int = 0, text_mode: str = "sentence"):
-        if text_mode not in ("sentence", "report"):
-            raise ValueError(f"--text_mode must be 'sentence' or 'report', got {text_mode!r}")
+        check_text_mode(text_mode)
         self.records = records
         self.image_transform = image_transform
         self.seed = seed
@@ -79,9 +94,5 @@ class PairViews(Dataset):
         record = self.records[row]
         generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
         pixel_values = self.image_transform(record["image"], generator=generator)
-        sentences = record.get("sentences") or []
-        if self.text_mode == "sentence" and sentences:
-            sentence = sample_sentence(sentences, rng)
-        else:
-            sentence = record["text"]
+        sentence = pair_text(record.get("sentences"), record["text"], self.text_mode, rng)
         return {"pixel_values": pixel_values, "sentence": sentence, "id": record["id"]}

@@ -1,152 +1,409 @@
 """Radiology report text: sections, sentences, token counts and the paper's sentence sampling.
 
-The paper keeps the FINDINGS and IMPRESSION sections, drops pairs whose text has fewer than 3 tokens, and at each use
-samples one sentence uniformly (t_u). Real reports make this harder than it sounds: MIMIC-CXR wraps lines at about 80
-characters, impressions are numbered lists ("1. ... 2. ..."), headers come in many spellings, and de-identification
-leaves placeholders ("___" in MIMIC-CXR, "XXXX" in Open-i, "[**Name**]" in older MIMIC text). The rules here:
+ConVIRT (Zhang et al., Appendix A) keeps the FINDINGS and IMPRESSION sections of a report, drops pairs whose text is
+empty or has fewer than 3 tokens, and at every use samples one sentence of the kept text uniformly (the text view
+t_u). Real reports make each step harder than it sounds:
 
-- A header is a known section name followed by a colon (any case, at a line start; in capitals anywhere in a line),
-  or alone on its line. Text before the first header is the "preamble".
-- ``report_text(mode="findings_impression")``: FINDINGS then IMPRESSION. A report with no header at all is taken to
-  be section text already (CheXpert-Plus columns, user CSVs) and used whole; a report with headers but neither
-  section gives "" and is dropped by the caller.
-- Placeholders are normalised to ``___`` and never count as tokens.
-- Pairs whose text has fewer than 3 tokens are unusable (the paper's filter); every sentence with a real token can
-  be sampled.
-- Sentences end at ".", "!" or "?" followed by a space, except after known abbreviations; list markers ("1.",
-  "2)", "-", "*") at the start of an item also start a sentence. Semicolons stay inside a sentence.
+- **Headers** come in many spellings: ``FINDINGS:``, ``Findings``, ``findings:`` after a sentence, ``FINDINGS AND
+  IMPRESSION:``, ``CONCLUSION``/``SUMMARY`` for the impression, MIMIC-CXR's ``FINAL REPORT`` line and ``WET READ``
+  block. A header is recognised when it is a known section name (see :data:`SECTION_ALIASES`) and
+
+  * starts a line (any case) and is followed by a colon, or stands alone on its line (capitalised, with or without
+    a colon; an all lower-case word alone on a line is more likely the tail of a wrapped sentence), or
+  * follows a sentence end on the same line (any case) and is followed by a colon, or
+  * is written in capitals and followed by a colon anywhere (``... normal. IMPRESSION: No acute ...``).
+
+  A section name used inside a sentence ("consistent with prior findings: ...") is not a header.
+- **Text selection** (:func:`report_text`): FINDINGS then IMPRESSION. A report with no section header at all is
+  taken to be section text already (CheXpert-Plus columns, user CSVs) and used whole. ``FINAL REPORT`` only marks
+  where MIMIC-CXR's final text starts, so a report whose only header is that line counts as unsectioned. A report
+  with section headers but neither FINDINGS nor IMPRESSION gives ``""``, and the caller drops the pair.
+- **De-identification placeholders** (``___`` in MIMIC-CXR, ``XXXX`` in Open-i, ``[**Name**]`` in older MIMIC
+  text) are normalised to ``___`` and never count as tokens; a sentence made only of placeholders ("XXXX XXXX.") is
+  not a sentence. Lines that only draw a rule (``_____``, ``-----``) are layout, not placeholders, and are removed.
+- **Sentences** (:func:`split_sentences`) end at ".", "!" or "?" followed by a space or the end of the text, except
+  after abbreviations ("Dr.", "e.g.", "i.e.", "vs.", "approx."; "a.m."/"p.m."/"etc." end a sentence only when a
+  capitalised word follows; "No." is an abbreviation only before a number, as in "No. 5"). Decimals ("3.5 cm")
+  never end a sentence. Blank lines end a paragraph and so a sentence; a single line break does not (MIMIC-CXR wraps
+  lines at about 80 characters mid-sentence). List markers start a new item and are dropped: "1." / "2)" / "-" /
+  "*" / bullets at a line start or after a sentence end; mid-line, "2." before a capital and "-" / "*" before a
+  capitalised word (lists run onto one line without periods, as in the one-line text below). Semicolons and colons
+  stay inside a sentence; a trailing fragment without a period is a sentence.
+- **One-line text**: :func:`report_text` joins the kept sections into one line; a section or paragraph that stops
+  without a full stop gets one, so the one-line text splits into the same sentences as the sections.
+- **Tokens** (:func:`count_tokens`) are runs of letters and digits; "1.2", "x-ray" and "e.g" are one token each.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Sequence
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SECTION_ALIASES",
+    "clean_text",
+    "count_tokens",
+    "extract_sections",
+    "normalise_placeholders",
+    "prepare_report",
+    "report_text",
+    "sample_sentence",
+    "split_sentences",
+    "usable_sentences",
+]
+
+REPORT_MODES = ("findings_impression", "whole")
+PLACEHOLDER = "___"
+
+# Canonical section name -> header spellings, as lower-case regular-expression fragments (" " stands for a run of
+# spaces/tabs, " ?" for an optional one). Longer spellings are tried first, so "findings and impression" wins over
+# "findings" at the same place. Only ASCII classes are used: the fragments are also upper-cased for the
+# capitals-anywhere rule.
 SECTION_ALIASES: dict[str, tuple[str, ...]] = {
-    "findings": ("findings and impression", "findings/impression", "findings", "finding"),
-    "impression": ("impressions", "impression", "conclusions", "conclusion", "summary", "opinion"),
-    "indication": ("clinical indication", "indications", "indication", "reason for examination", "reason for exam",
-                   "clinical information"),
-    "history": ("clinical history", "patient history", "history"),
-    "comparison": ("comparisons", "comparison", "prior studies", "prior study"),
-    "technique": ("procedure comments", "technique", "procedure"),
-    "examination": ("examination", "exam", "study"),
-    "recommendation": ("recommendation(s)", "recommendations", "recommendation"),
-    "notification": ("notifications", "notification"),
-    "wet read": ("wet read",),
+    "findings": (
+        "findings and impressions?",
+        "findings ?/ ?impressions?",
+        "findings ?& ?impressions?",
+        "findings",
+        "finding",
+    ),
+    "impression": ("impressions?", "impression\\(s\\)", "conclusions?", "summary", "opinion"),
+    "indication": (
+        "clinical indications?",
+        "indications?",
+        "reason for (?:examination|exam|study|request)",
+        "clinical information",
+        "clinical details",
+    ),
+    "history": ("clinical history", "patient history", "medical history", "history"),
+    "comparison": ("comparison (?:study|studies|exams?)", "comparisons?", "prior studies", "prior study"),
+    "technique": ("techniques?", "procedure comments?", "procedure"),
+    "examination": ("type of (?:examination|exam)", "examinations?", "exam", "study"),
+    "recommendation": ("recommendations?", "recommendation\\(s\\)"),
+    "notification": ("notifications?", "communication"),
+    # MIMIC-CXR's preliminary reads, superseded by the final report.
+    "wet read": ("wet read(?: version #?[0-9]+)?", "provisional findings impression(?: \\(pfi\\))?"),
     "final report": ("final report",),
     "addendum": ("addendum",),
 }
-ALIAS_TO_SECTION = {alias: section for section, aliases in SECTION_ALIASES.items() for alias in aliases}
-_ALIASES = sorted(ALIAS_TO_SECTION, key=len, reverse=True)
-_ALIAS_PATTERN = "|".join(re.escape(alias).replace(r"\ ", r"\s+") for alias in _ALIASES)
-# a header at a line start (any case), ending with a colon or the end of the line
-_LINE_HEADER = re.compile(rf"(?im)^[ \t]*({_ALIAS_PATTERN})[ \t]*(?::|$)")
-# a header inside a line: capital letters and a colon ("... normal. IMPRESSION: No acute ...")
-_INLINE_HEADER = re.compile(rf"(?<![A-Za-z])({_ALIAS_PATTERN.upper()})[ \t]*:")
+# Headers that mark where a document part starts rather than what a section contains: a report whose only header is
+# one of these is still unsectioned text.
+DOCUMENT_MARKERS = frozenset({"final report"})
 
-_PLACEHOLDER = re.compile(r"\[\*\*[^\]]*\*\*\]|_{2,}|\bX{2,}\b")
-_TOKEN = re.compile(r"[A-Za-z0-9]+(?:['\-][A-Za-z0-9]+)*")
-_ABBREVIATIONS = {
-    "dr", "mr", "mrs", "ms", "e.g", "i.e", "vs", "approx", "a.m", "p.m", "fig", "pt", "st", "ca", "resp", "incl",
-    "cf", "al",
-}
-_LIST_MARKER = re.compile(r"(?:^|(?<=\s))(?:\d{1,2}[.)]|[-*\u2022])\s+(?=\S)")
-_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
+
+def _alias_regex(alias: str) -> str:
+    """" ?" is optional whitespace and " " required whitespace (spaces or tabs: a header never spans lines)."""
+    return alias.replace(" ?", "\x00").replace(" ", "[ \t]+").replace("\x00", "[ \t]*")
+
+
+# Every spelling is its own named group ("a0", "a1", ...), so a match says which section it names.
+_ALIAS_SECTION: dict[str, str] = {}
+_ALIAS_FRAGMENTS: list[tuple[str, str]] = []
+for _section, _aliases in SECTION_ALIASES.items():
+    for _alias in _aliases:
+        _ALIAS_FRAGMENTS.append((_alias, _section))
+_ALIAS_FRAGMENTS.sort(key=lambda item: len(item[0]), reverse=True)
+for _index, (_alias, _section) in enumerate(_ALIAS_FRAGMENTS):
+    _ALIAS_SECTION[f"a{_index}"] = _section
+
+
+def _alias_pattern(upper: bool = False) -> str:
+    groups = []
+    for index, (alias, _) in enumerate(_ALIAS_FRAGMENTS):
+        fragment = _alias_regex(alias)
+        if upper:
+            fragment = fragment.upper().replace("\\T", "\\t")
+        groups.append(f"(?P<a{index}>{fragment})")
+    return "(?:" + "|".join(groups) + ")"
+
+
+_ALIASES = _alias_pattern()
+_ALIASES_UPPER = _alias_pattern(upper=True)
+# re.ASCII keeps IGNORECASE from folding e.g. the long s or the Kelvin sign onto ASCII letters.
+_CASELESS = re.IGNORECASE | re.ASCII | re.MULTILINE
+_HEADER_PATTERNS = (
+    # at a line start, followed by a colon
+    re.compile(rf"^[ \t]*{_ALIASES}[ \t]*:", _CASELESS),
+    # alone on its line, colon optional
+    re.compile(rf"^[ \t]*{_ALIASES}[ \t]*:?[ \t]*$", _CASELESS),
+    # after a sentence end on the same line, followed by a colon
+    re.compile(rf"[.!?;][\"')\]]*[ \t]+{_ALIASES}[ \t]*:", _CASELESS),
+    # in capitals anywhere, followed by a colon
+    re.compile(rf"(?<![A-Za-z0-9]){_ALIASES_UPPER}[ \t]*:", re.MULTILINE),
+)
+
+# Line separators other than "\n" (str.splitlines treats these as line breaks too).
+_LINE_BREAKS = re.compile(r"\r\n?|[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# A line that only draws a rule (MIMIC-CXR puts a row of underscores between the wet read and the final report).
+_RULE_LINE = re.compile(r"^[ \t]*[_\-=*~#]{5,}[ \t]*$", re.MULTILINE)
+_PLACEHOLDER = re.compile(r"\[\*\*[^\n]*?\*\*\]|_{3,}|\b[Xx]{3,}\b")
+_TOKEN = re.compile(r"[^\W_]+(?:[.'\u2019\-][^\W_]+)*")
+_WHITESPACE = re.compile(r"\s+")
+
+# Abbreviations whose period never ends a sentence (titles precede a name; the others are mid-sentence Latin).
+_NEVER_FINAL = frozenset({"dr", "drs", "mr", "mrs", "ms", "prof", "st", "e.g", "i.e", "vs", "cf", "viz", "approx",
+                          "fig", "figs", "incl"})
+# Abbreviations that end a sentence only when a capitalised word follows ("at 3 p.m. The findings ...").
+_FINAL_IF_CAPITAL = frozenset({"a.m", "p.m", "etc", "pt", "pts"})
+_CLOSERS = "\"')]\u201d\u2019"
+_SENTENCE_END = re.compile(rf"[.!?]+[{re.escape(_CLOSERS)}]*(?=\s|$)")
+# "effusion.No pneumothorax": a missing space after a sentence end (only after a real word, so "e.g.The" is left)
+_RUN_ON = re.compile(r"(?<=[a-z]{2}[.!?])(?=[A-Z][a-z])")
+_LIST_MARKER = re.compile(r"(?:^|(?<=\s))(?P<marker>\(?[0-9]{1,2}[.)]|[-*\u2022\u2023\u25aa\u25e6\u00b7])[ \t]+(?=\S)",
+                          re.MULTILINE)
+_UNAMBIGUOUS_BULLETS = frozenset("\u2022\u2023\u25aa\u25e6")
+_ONLY_MARKER = re.compile(r"\(?[0-9]{1,2}[.)]")
 
 
 def normalise_placeholders(text: str) -> str:
-    return _PLACEHOLDER.sub("___", text)
+    """Replaces de-identification placeholders (``XXXX``, ``___``, ``[**...**]``) with ``___``."""
+    return _PLACEHOLDER.sub(PLACEHOLDER, text or "")
+
+
+def _normalise_layout(text: str) -> str:
+    """One kind of line break, no rule lines."""
+    text = _LINE_BREAKS.sub("\n", text or "")
+    return _RULE_LINE.sub("", text)
+
+
+def _tidy(text: str) -> str:
+    """Strips every line, squeezes spaces and blank lines, keeps the line structure (it marks list items)."""
+    lines = [re.sub(r"[^\S\n]+", " ", line).strip() for line in text.split("\n")]
+    tidy = "\n".join(lines)
+    return re.sub(r"\n{3,}", "\n\n", tidy).strip()
+
+
+def clean_text(text: str) -> str:
+    """
+    The one-line form of report text: placeholders normalised to ``___``, rule lines removed, all whitespace
+    (including MIMIC-CXR's line wrapping) collapsed to single spaces.
+    """
+    return _WHITESPACE.sub(" ", normalise_placeholders(_normalise_layout(text))).strip()
+
+
+def _find_headers(report: str) -> list[tuple[int, int, str]]:
+    """(start, end, canonical section) of every header, in order, without overlaps."""
+    found = []
+    for index, pattern in enumerate(_HEADER_PATTERNS):
+        for match in pattern.finditer(report):
+            group = match.lastgroup
+            if index == 1 and match.group(group).islower():
+                continue  # a lower-case word alone on a line is the end of a wrapped sentence, not a header
+            found.append((match.start(group), match.end(), _ALIAS_SECTION[group]))
+    found.sort(key=lambda item: (item[0], -item[1]))
+    headers: list[tuple[int, int, str]] = []
+    for start, end, section in found:
+        if headers and start < headers[-1][1]:
+            continue  # the same header found by two rules, or an alias inside a longer one
+        headers.append((start, end, section))
+    return headers
+
+
+def _section_spans(report: str) -> list[tuple[str, str]]:
+    """(section, raw text) in document order; the text before the first header is the "preamble"."""
+    report = _normalise_layout(report)
+    headers = _find_headers(report)
+    spans = []
+    preamble = report[: headers[0][0]] if headers else report
+    if preamble.strip():
+        spans.append(("preamble", preamble))
+    for index, (_, end, section) in enumerate(headers):
+        stop = headers[index + 1][0] if index + 1 < len(headers) else len(report)
+        spans.append((section, report[end:stop]))
+    return spans
 
 
 def extract_sections(report: str) -> dict[str, str]:
     """
-    Splits a report into sections keyed by canonical lower-case names ("findings", "impression", "indication", ...);
-    text before the first header is under "preamble". Repeated sections are joined in order.
+    Splits a radiology report into its sections.
+
+    Args:
+        report (`str`): the report as written (line breaks, indentation and placeholders as in the source).
+
+    Returns:
+        `dict[str, str]`: canonical lower-case section names (``"findings"``, ``"impression"``, ``"indication"``,
+        ``"history"``, ``"comparison"``, ``"technique"``, ``"examination"``, ``"recommendation"``,
+        ``"notification"``, ``"wet read"``, ``"final report"``, ``"addendum"``) to their text, in the order the
+        sections first appear; text before the first header is under ``"preamble"``. A header with no text keeps
+        its key with ``""``. A section that appears twice is joined in order. Each text has its lines stripped and
+        blank lines squeezed but keeps its line breaks (they mark list items); :func:`clean_text` gives one line.
+        ``"FINDINGS AND IMPRESSION"`` is filed under ``"findings"``; ``"CONCLUSION"`` and ``"SUMMARY"`` under
+        ``"impression"``.
+
+    Example:
+
+    ```python
+    >>> extract_sections("INDICATION: Cough.\\nFINDINGS: Lungs are clear.\\nIMPRESSION: Normal chest.")
+    {'indication': 'Cough.', 'findings': 'Lungs are clear.', 'impression': 'Normal chest.'}
+
+    ```
     """
-    report = report or ""
-    matches = []
-    for pattern in (_LINE_HEADER, _INLINE_HEADER):
-        for match in pattern.finditer(report):
-            matches.append((match.start(), match.end(), match.group(1)))
-    matches.sort()
-    headers = []
-    for start, end, name in matches:  # drop overlapping duplicates found by both patterns
-        if headers and start < headers[-1][1]:
-            continue
-        headers.append((start, end, name))
     sections: dict[str, str] = {}
-
-    def add(name: str, text: str) -> None:
-        text = text.strip()
-        sections[name] = f"{sections[name]} {text}".strip() if name in sections else text
-
-    add("preamble", report[: headers[0][0]] if headers else report)
-    for index, (start, end, name) in enumerate(headers):
-        stop = headers[index + 1][0] if index + 1 < len(headers) else len(report)
-        canonical = ALIAS_TO_SECTION[re.sub(r"\s+", " ", name.strip().lower())]
-        add(canonical, report[end:stop])
-    if not sections["preamble"]:
-        del sections["preamble"]
+    for section, text in _section_spans(report):
+        text = _tidy(text)
+        if section in sections:
+            sections[section] = "\n".join(part for part in (sections[section], text) if part)
+        else:
+            sections[section] = text
     return sections
 
 
-def clean_text(text: str) -> str:
-    """Placeholders normalised, whitespace (including line wrapping) collapsed."""
-    return re.sub(r"\s+", " ", normalise_placeholders(text or "")).strip()
+_ENDS_UNPUNCTUATED = re.compile(rf"[^\W_][{re.escape(_CLOSERS)}]*$")
+
+
+def _selected_parts(report: str, mode: str) -> list[str]:
+    """
+    The paragraphs of the sections a pair is trained on, each tidied (line layout kept, see :func:`_tidy`). A
+    paragraph that stops without a full stop ("...carpal alignment is maintained" before the impression) gets one,
+    so joining them into one line does not run two sentences together; the last one is left as written.
+    """
+    if mode not in REPORT_MODES:
+        raise ValueError(f"report mode must be one of {REPORT_MODES}, got {mode!r}")
+    spans = _section_spans(report)
+    content_headers = {section for section, _ in spans} - {"preamble"} - DOCUMENT_MARKERS
+    if mode == "whole" or not content_headers:
+        parts = [text for _, text in spans]
+    else:
+        # FINDINGS before IMPRESSION whatever order they were written in, as the paper reads them
+        parts = [text for section, text in spans if section == "findings"] + [
+            text for section, text in spans if section == "impression"
+        ]
+    # paragraphs are parts too: a blank line ends a sentence, and the one-line text must say so with a full stop
+    parts = [paragraph for part in parts for paragraph in _tidy(part).split("\n\n") if paragraph]
+    return [part + "." if index < len(parts) - 1 and _ENDS_UNPUNCTUATED.search(part) else part
+            for index, part in enumerate(parts)]
 
 
 def report_text(report: str, mode: str = "findings_impression") -> str:
-    """The text a pair is trained on; see the module docstring for the rules."""
-    if mode not in ("findings_impression", "whole"):
-        raise ValueError(f"report mode must be 'findings_impression' or 'whole', got {mode!r}")
-    sections = extract_sections(report)
-    has_headers = set(sections) != {"preamble"} and bool(sections)
-    if mode == "whole" or not has_headers:
-        parts = [text for name, text in sections.items() if name != "final report"]
-        return " ".join(clean_text(part) for part in parts if clean_text(part))
-    parts = [clean_text(sections.get(name, "")) for name in ("findings", "impression")]
-    return " ".join(part for part in parts if part)
+    """
+    The text an image is paired with.
+
+    Args:
+        report (`str`): the report as written.
+        mode (`str`, defaults to `"findings_impression"`):
+            - `"findings_impression"`: the FINDINGS then the IMPRESSION section (the paper keeps only these). A
+              report with no section header at all (or only MIMIC-CXR's ``FINAL REPORT`` line) is taken to be
+              section text already and used whole; a report with headers but neither section gives `""`.
+            - `"whole"`: every section, in order, without the header words.
+
+            Sections and paragraphs are joined with a space; one that stops without a full stop gets one first.
+
+    Returns:
+        `str`: one line of text (see :func:`clean_text`), `""` when nothing is left.
+    """
+    return clean_text(" ".join(_selected_parts(report, mode)))
 
 
 def count_tokens(sentence: str) -> int:
-    """Word tokens, not counting de-identification placeholders."""
-    return len(_TOKEN.findall(normalise_placeholders(sentence or "")))
+    """
+    Counts word tokens (runs of letters and digits; "1.2", "x-ray" and "e.g" are one token each).
+    De-identification placeholders do not count.
+    """
+    return len(_TOKEN.findall(_PLACEHOLDER.sub(" ", sentence or "")))
 
 
-def _is_abbreviation_period(item: str, period: int) -> bool:
-    """Whether the period at `period` ends an abbreviation ("Dr.", "e.g.", "No. 5", an initial) rather than a sentence."""
-    word = re.search(r"([A-Za-z][A-Za-z.]*)$", item[:period])
+def _ends_sentence(item: str, match: re.Match) -> bool:
+    """Whether the terminator `match` in the one-line `item` ends a sentence (see the module docstring)."""
+    if match.group(0).rstrip(_CLOSERS) != ".":
+        return True  # "!", "?", "..." and friends
+    start = max(item.rfind(" ", 0, match.start()) + 1, 0)  # item is on one line with single spaces
+    word = item[start : match.start()].lstrip("([{\"'\u201c\u2018").lower()
     if not word:
+        return True
+    following = item[match.end() :].lstrip()[:1]
+    if word in _NEVER_FINAL:
         return False
-    token = word.group(1).rstrip(".")
-    following = item[period + 1 :].lstrip()
-    if token.lower() == "no":  # "No. 5" (a number), never the "No" of "No effusion."
-        return following[:1].isdigit()
-    return token.lower() in _ABBREVIATIONS or (len(token) == 1 and token.isupper())
+    if word in _FINAL_IF_CAPITAL:
+        return following.isupper()
+    if word == "no":  # "No. 5 catheter" is a number; "No." at a sentence start is the word "No"
+        return not following.isdigit()
+    return True
+
+
+def _previous_char(text: str, position: int, skip: str) -> str:
+    """The last character before `position` that is not in `skip` ("" at the start of `text`)."""
+    while position > 0 and text[position - 1] in skip:
+        position -= 1
+    return text[position - 1] if position > 0 else ""
+
+
+def _list_items(paragraph: str) -> list[str]:
+    """Splits a paragraph at list markers (which are dropped); see the module docstring for where they count."""
+    items, start = [], 0
+    for match in _LIST_MARKER.finditer(paragraph):
+        marker = match.group("marker")
+        before = _previous_char(paragraph, match.start(), " \t")
+        if before in ("", "\n"):
+            accepted = True  # a line start
+        elif _previous_char(paragraph, match.start(), " \t" + _CLOSERS) in (".", "!", "?", ":", ";"):
+            accepted = True  # after a sentence end or a header colon: "1. Mild cardiomegaly. 2. No effusion."
+        elif marker in _UNAMBIGUOUS_BULLETS:
+            accepted = True
+        else:
+            # mid-line "2." before a capital, "-" or "*" before a capitalised word: a list run onto one line
+            following = paragraph[match.end() : match.end() + 2]
+            if marker[-1] == "." and marker[0].isdigit():
+                accepted = following[:1].isupper()
+            else:
+                accepted = marker in "-*" and following[:1].isupper() and following[1:2].islower()
+        if accepted:
+            items.append(paragraph[start : match.start()])
+            start = match.end()
+    items.append(paragraph[start:])
+    return items
 
 
 def split_sentences(text: str) -> list[str]:
-    """Splits report text into sentences (see the module docstring); returns stripped, non-empty sentences."""
-    text = normalise_placeholders(text or "")
-    pieces = []
-    for item in _LIST_MARKER.split(text):  # list markers start new items and are dropped
-        item = re.sub(r"\s+", " ", item).strip()
-        start = 0
-        for match in _SENTENCE_END.finditer(item):
-            if match.group(0) == "." and match.end() < len(item) and _is_abbreviation_period(item, match.start()):
-                continue
-            pieces.append(item[start : match.end()])
-            start = match.end()
-        pieces.append(item[start:])
-    sentences = (piece.strip() for piece in pieces)
-    return [sentence for sentence in sentences if count_tokens(sentence) > 0]
+    """
+    Splits report text into sentences.
+
+    Handles MIMIC-CXR line wrapping, numbered and bulleted lists (markers dropped), abbreviations, decimals and
+    measurements, de-identification placeholders (normalised to ``___``), all-caps text and trailing fragments
+    without a period; see the module docstring for the rules.
+
+    Args:
+        text (`str`): report text, raw (line breaks help find list items) or cleaned.
+
+    Returns:
+        `list[str]`: the sentences in order, each stripped, on one line, with at least one real (non-placeholder)
+        token. Empty for empty input.
+
+    Example:
+
+    ```python
+    >>> split_sentences("1.  Mild cardiomegaly.\\n2.  No effusion; no\\npneumothorax")
+    ['Mild cardiomegaly.', 'No effusion; no pneumothorax']
+
+    ```
+    """
+    text = normalise_placeholders(_normalise_layout(text))
+    sentences = []
+    for paragraph in re.split(r"\n[ \t]*\n", text):
+        for item in _list_items(paragraph):
+            item = _RUN_ON.sub(" ", _WHITESPACE.sub(" ", item).strip())
+            start = 0
+            pieces = []
+            for match in _SENTENCE_END.finditer(item):
+                if match.end() < len(item) and not _ends_sentence(item, match):
+                    continue
+                pieces.append(item[start : match.end()])
+                start = match.end()
+            pieces.append(item[start:])
+            for piece in pieces:
+                piece = piece.strip().lstrip(",;:").strip()
+                if piece and not _ONLY_MARKER.fullmatch(piece) and count_tokens(piece) > 0:
+                    sentences.append(piece)
+    return sentences
 
 
-def usable_sentences(text: str, min_tokens: int = 1) -> list[str]:
+def usable_sentences(text: str, min_tokens: int = 3) -> list[str]:
+    """The sentences of `text` (see :func:`split_sentences`) with at least `min_tokens` tokens."""
     return [sentence for sentence in split_sentences(text) if count_tokens(sentence) >= min_tokens]
 
 
@@ -154,30 +411,56 @@ def prepare_report(
     report: str, *, mode: str = "findings_impression", min_tokens: int = 3, min_sentence_tokens: int = 1
 ) -> tuple[str, list[str]]:
     """
-    The training text and its sentences, or ``("", [])`` when the report is unusable (no findings/impression,
-    empty, or fewer than `min_tokens` tokens: the paper's filter, applied to the pair's text).
+    The training text of a report and the sentences to sample from, or ``("", [])`` when the report is unusable.
 
-    Sentences need only `min_sentence_tokens` tokens: short sentences ("Mild cardiomegaly.", "No pneumothorax.")
-    carry much of a report's content. If no sentence qualifies, the whole text is the only sentence.
+    Args:
+        report (`str`): the report as written.
+        mode (`str`, defaults to `"findings_impression"`): see :func:`report_text`.
+        min_tokens (`int`, defaults to 3): the paper's filter: a report whose text has fewer tokens is unusable.
+        min_sentence_tokens (`int`, defaults to 1): the fewest tokens a sampled sentence may have. The paper's
+            3-token filter is about a pair's text; short sentences ("Cardiomegaly.", "No pneumothorax.") often carry
+            a report's main finding, so by default every sentence with a real token stays in the pool.
+
+    Returns:
+        `tuple[str, list[str]]`: `(text, sentences)`. `text` is :func:`report_text`; `sentences` are its sentences
+        with at least `min_sentence_tokens` tokens, split section by section so list layout is seen. If none
+        qualifies but the whole text does, `sentences` is `[text]`. `("", [])` for an empty report, a report with
+        headers but no FINDINGS/IMPRESSION (in `"findings_impression"` mode), or text with fewer than `min_tokens`
+        tokens.
     """
-    text = report_text(report, mode)
-    if count_tokens(text) < min_tokens:
+    parts = _selected_parts(report or "", mode)
+    text = clean_text(" ".join(parts))
+    if not text or count_tokens(text) < max(min_tokens, 1):
         return "", []
-    return text, usable_sentences(text, min_sentence_tokens) or [text]
+    sentences = [
+        sentence for part in parts for sentence in split_sentences(part)
+        if count_tokens(sentence) >= max(min_sentence_tokens, 1)
+    ]
+    return text, sentences or [text]
 
 
-def sample_sentence(sentences: Sequence[str], rng: random.Random | np.random.Generator) -> str:
-    """One sentence chosen uniformly with `rng` (a `random.Random` or a numpy `Generator`)."""
-    if not sentences:
+def sample_sentence(
+    sentences: Sequence[str], rng: random.Random | np.random.Generator | np.random.RandomState
+) -> str:
+    """
+    One sentence chosen uniformly at random (the paper's text view t_u).
+
+    Args:
+        sentences (`Sequence[str]`): the pool, e.g. the `sentences` column of a record.
+        rng (`random.Random`, `numpy.random.Generator` or `numpy.random.RandomState`): the source of randomness;
+            the caller seeds it, so draws are reproducible.
+
+    Raises:
+        `ValueError`: if `sentences` is empty.
+    """
+    if len(sentences) == 0:
         raise ValueError("cannot sample from an empty list of sentences")
     if isinstance(rng, np.random.Generator):
-        return sentences[int(rng.integers(len(sentences)))]
-    return sentences[rng.randrange(len(sentences))]
-
-
-def decode_report(data: bytes) -> tuple[str, bool]:
-    """Decodes report bytes as UTF-8 (BOM allowed); falls back to cp1252 and says so (text, repaired)."""
-    try:
-        return data.decode("utf-8-sig"), False
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace"), True
+        index = int(rng.integers(len(sentences)))
+    elif isinstance(rng, np.random.RandomState):
+        index = int(rng.randint(len(sentences)))
+    elif isinstance(rng, random.Random):
+        index = rng.randrange(len(sentences))
+    else:
+        raise TypeError(f"rng must be a random.Random or a numpy Generator/RandomState, got {type(rng).__name__}")
+    return sentences[index]

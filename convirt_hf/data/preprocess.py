@@ -1,0 +1,420 @@
+"""Resize a raw corpus once into compact shards that training reads with ``datasets.load_from_disk``.
+
+Every image is decoded once (:func:`~convirt_hf.data.images.load_image`: full decode, bad files skipped and
+counted), converted to 8-bit grayscale, resized to 256 pixels on its long side (the paper's size; never upscaled)
+and stored as PNG bytes in the shared record shape. A 3000 x 2500 MIMIC-CXR JPG of ~1.5 MB becomes a PNG of
+~50 kB, so data-loader workers decode small files instead of full-size ones.
+
+    python -m convirt_hf.data.preprocess --source /data/mimic-cxr-jpg/2.1.0 --kind mimic-cxr \\
+        --reports-root /data/mimic-cxr/2.1.0 --split train validation=validate test --views PA AP \\
+        --output /data/mimic-256
+
+The result is written under a temporary name next to ``output_dir`` and renamed when complete, so an interrupted
+run leaves nothing that looks finished; an existing ``output_dir`` is never replaced without ``overwrite=True``.
+``preprocess_summary.json`` in the output records what was kept, skipped, repaired and filtered; ``skipped_rows.jsonl``
+and ``repaired_rows.jsonl`` list every skipped and repaired row (id, reason, detail), since the console shows only the
+first ``--max-logged-per-reason`` of each reason. Progress is one bar per stage and split (``-q``: none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .images import DEFAULT_MAX_PIXELS, ImageProblem, encode_png, load_image, resize_long_side
+from .records import RECORD_COLUMNS
+from .skips import DEFAULT_MAX_LOGGED_PER_REASON, BadInputError
+from .sources import (
+    DEFAULT_WRITER_BATCH_SIZE,
+    KINDS,
+    PairLedger,
+    ShardProgress,
+    datasets_progress_bars,
+    build_dataset,
+    load_pairs,
+    write_ledger_file,
+)
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "preprocess_summary.json"
+SKIPPED_ROWS_FILE = "skipped_rows.jsonl"
+REPAIRED_ROWS_FILE = "repaired_rows.jsonl"
+
+
+class _Repairs:
+    def __init__(self):
+        self.items: list[tuple[str, str]] = []
+
+    def repair(self, row_id: str, reason: str, detail: str = "") -> None:
+        self.items.append((reason, detail))
+
+
+def _resize_rows(shards: list[int], dataset, num_shards: int, size: int, max_pixels: int, strict: bool,
+                 ledger_dir: str, ledger_name: str) -> Iterator[dict]:
+    """Decodes, checks, resizes and re-encodes the rows of `dataset` (the generator behind `from_generator`)."""
+    for shard in shards:
+        ledger = PairLedger(source=ledger_name, strict=strict, log=False)  # the caller logs the rows on merging
+        progress = ShardProgress(ledger_dir, f"resize-{shard:05d}")
+        part = dataset if num_shards <= 1 else dataset.shard(num_shards, shard, contiguous=True)
+        kept, error = 0, None
+        try:
+            for row in part:
+                progress.advance()
+                repairs = _Repairs()
+                try:
+                    # draft_size: a JPEG may be decoded at a reduced scale that is still >= size on both sides.
+                    image = load_image(row["image"], max_pixels=max_pixels, row_id=row["id"], ledger=repairs,
+                                       draft_size=size)
+                except ImageProblem as problem:
+                    try:
+                        ledger.skip(row["id"], problem.reason, problem.detail)
+                    except BadInputError as raised:
+                        error = raised
+                        raise
+                    continue
+                for reason, detail in repairs.items:
+                    ledger.repair(row["id"], reason, detail)
+                record = {column: row[column] for column in RECORD_COLUMNS}
+                record["image"] = {"bytes": encode_png(resize_long_side(image, size)), "path": None}
+                kept += 1
+                yield record
+        finally:
+            progress.close()
+            write_ledger_file(ledger, ledger_dir, f"resize-{shard:05d}", kept, error)
+
+
+def resize_dataset(
+    dataset,
+    *,
+    size: int = 256,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    strict: bool = False,
+    ledger: PairLedger | None = None,
+    num_proc: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    writer_batch_size: int = DEFAULT_WRITER_BATCH_SIZE,
+    progress: bool = True,
+    description: str | None = None,
+):
+    """
+    Returns a copy of a record dataset whose images are 8-bit grayscale PNG bytes with the long side at most `size`.
+
+    Args:
+        dataset: a `datasets.Dataset` with the record columns (images as paths or bytes; a row without an image is
+            skipped as ``missing_file``).
+        size: the long side of the stored images (smaller images are kept at their size).
+        max_pixels, strict: as for :func:`~convirt_hf.data.sources.load_pairs` (strict mode raises
+            :class:`~convirt_hf.data.skips.BadInputError` whatever `num_proc` is).
+        ledger: receives the skipped and repaired rows (a new one when None); its ``max_logged_per_reason`` applies.
+        num_proc: worker processes.
+        cache_dir: where the Arrow file is written.
+        writer_batch_size: rows buffered before each write.
+        progress: show a progress bar with the number of rows as total (a line with the count and rate is logged at
+            INFO either way).
+        description: the bar's label (default ``"resizing to <size> px"``).
+
+    Returns:
+        `tuple[datasets.Dataset, PairLedger]`.
+    """
+    from datasets import Image
+
+    missing = [column for column in RECORD_COLUMNS if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"the dataset lacks record column(s) {missing}; its columns are {dataset.column_names}")
+    ledger = ledger if ledger is not None else PairLedger(source="preprocess", strict=strict)
+    if isinstance(dataset.features["image"], Image):
+        dataset = dataset.cast_column("image", Image(decode=False))  # decode ourselves, with every check
+    num_shards = max(1, min(num_proc or 1, len(dataset) or 1))
+    resized = build_dataset(
+        _resize_rows,
+        {"dataset": dataset, "num_shards": num_shards, "size": size, "max_pixels": max_pixels, "strict": strict,
+         "ledger_name": ledger.source},
+        num_shards, ledger, cache_dir=cache_dir, writer_batch_size=writer_batch_size,
+        progress=description or f"resizing to {size} px", total=len(dataset), show_progress=progress,
+    )
+    return resized, ledger
+
+
+def split_mapping(split: str | Sequence[str] | dict | None) -> dict[str | None, str | None]:
+    """
+    Output split name -> source split: ``None`` / ``"train"`` give one unnamed output (a `Dataset`); a list or dict
+    gives named outputs (a `DatasetDict`), with ``"out=source"`` items renaming a split.
+    """
+    if split is None or isinstance(split, str):
+        return {None: split}
+    if isinstance(split, dict):
+        mapping = {str(name): source for name, source in split.items()}
+    else:
+        mapping = {}
+        for item in split:
+            name, _, source = str(item).partition("=")
+            mapping[name.strip()] = (source or name).strip()
+    if not mapping or any(not name for name in mapping):
+        raise ValueError(f"split names must not be empty: {split!r}")
+    return mapping
+
+
+def _describe_source(dataset_or_source: Any) -> str:
+    if isinstance(dataset_or_source, (str, os.PathLike)):
+        return str(dataset_or_source)
+    return f"<{type(dataset_or_source).__name__}>"
+
+
+def preprocess_corpus(
+    dataset_or_source: Any,
+    output_dir: str | os.PathLike,
+    *,
+    size: int = 256,
+    max_shard_size: str | int = "500MB",
+    num_proc: int | None = None,
+    overwrite: bool = False,
+    writer_batch_size: int = DEFAULT_WRITER_BATCH_SIZE,
+    progress: bool = True,
+    max_logged_per_reason: int | None = DEFAULT_MAX_LOGGED_PER_REASON,
+    **load_pairs_kwargs,
+) -> Path:
+    r"""
+    Decodes every image of a corpus once, resizes it to `size` on its long side and writes the records, as PNG
+    bytes, with ``save_to_disk`` into `output_dir`.
+
+    Args:
+        dataset_or_source: a `datasets.Dataset` / `DatasetDict` in the record shape, or anything
+            :func:`~convirt_hf.data.sources.load_pairs` reads (a path or Hub id; pass its options as keyword
+            arguments). ``split=`` may name several splits: a list (``["train", "validate"]``; an item
+            ``"validation=validate"`` renames the source's ``validate`` split to ``validation``) or a dict
+            ``{output name: source split}``; the output is then a `DatasetDict` with one split each.
+        output_dir: the folder to create. Training reads it with ``datasets.load_from_disk``.
+        size: the long side of the stored images, in pixels (the paper: 256). Smaller images are not upscaled.
+        max_shard_size: the largest Arrow file of the output (``save_to_disk``'s option).
+        num_proc: worker processes for reading and resizing.
+        overwrite: replace an existing `output_dir` (only once the new output is complete).
+        writer_batch_size: rows buffered before each write: bounds memory.
+        progress: one progress bar per stage and split (reading, resizing; `datasets`' own bar while saving) on
+            stderr. False shows none; the INFO log lines with counts and rates remain.
+        max_logged_per_reason: skipped and repaired rows logged per reason before the rest are only recorded;
+            ``None`` logs all. Every one of them is in ``skipped_rows.jsonl`` / ``repaired_rows.jsonl``.
+        load_pairs_kwargs: `load_pairs` options (``kind``, ``views``, ``strict``, ``max_pixels``, column names,
+            kind options, ...). ``check_images`` is not needed: every image is decoded here anyway.
+
+    Returns:
+        `Path`: `output_dir`, holding the dataset files, ``preprocess_summary.json`` (counts, the summary line, the
+        options), ``skipped_rows.jsonl`` and ``repaired_rows.jsonl`` (one ``{"id", "reason", "detail"}`` line per
+        skipped or repaired row).
+
+    Raises:
+        FileExistsError: `output_dir` exists and `overwrite` is False.
+        BadInputError: in strict mode, the first bad row (nothing is written), whatever `num_proc` is.
+    """
+    from datasets import Dataset, DatasetDict
+
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+    strict = bool(load_pairs_kwargs.get("strict", False))
+    max_pixels = int(load_pairs_kwargs.get("max_pixels", DEFAULT_MAX_PIXELS))
+    load_pairs_kwargs.pop("check_images", None)
+    started = time.perf_counter()
+
+    parent = output_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    work = parent / f".{output_dir.name}.incomplete-{token}"
+    cache = parent / f".{output_dir.name}.cache-{token}"
+    stale = sorted(parent.glob(f".{output_dir.name}.incomplete-*")) + sorted(parent.glob(f".{output_dir.name}.cache-*"))
+    if stale:
+        logger.warning("leftovers of an interrupted run (safe to delete): %s", ", ".join(map(str, stale)))
+    kind = None
+    try:
+        with datasets_progress_bars(progress):
+            # 1. the inputs, one per output split
+            if isinstance(dataset_or_source, (Dataset, DatasetDict)):
+                unexpected = set(load_pairs_kwargs) - {"strict", "max_pixels"}
+                if unexpected:
+                    raise TypeError(f"options {sorted(unexpected)} apply to a source path, not to a Dataset")
+                is_dict = isinstance(dataset_or_source, DatasetDict)
+                inputs = dict(dataset_or_source) if is_dict else {None: dataset_or_source}
+                ledger = PairLedger(source="preprocess", strict=strict, max_logged_per_reason=max_logged_per_reason)
+            else:
+                splits = split_mapping(load_pairs_kwargs.pop("split", None))
+                inputs, ledger = {}, None
+                for name, source_split in splits.items():
+                    dataset, split_ledger = load_pairs(dataset_or_source, split=source_split, check_images=False,
+                                                       num_proc=num_proc, cache_dir=cache,
+                                                       writer_batch_size=writer_batch_size, progress=progress,
+                                                       max_logged_per_reason=max_logged_per_reason,
+                                                       **load_pairs_kwargs)
+                    if ledger is None:
+                        ledger = PairLedger(source=split_ledger.source, strict=strict,
+                                            max_logged_per_reason=max_logged_per_reason)
+                    ledger.merge(split_ledger)
+                    inputs[name] = dataset
+                kind = load_pairs_kwargs.get("kind", "auto")
+
+            # 2. decode, check, resize, encode
+            outputs = {}
+            for name, dataset in inputs.items():
+                label = f"resizing {name!r} to {size} px" if name else f"resizing to {size} px"
+                outputs[name], _ = resize_dataset(dataset, size=size, max_pixels=max_pixels, strict=strict,
+                                                  ledger=ledger, num_proc=num_proc, cache_dir=cache,
+                                                  writer_batch_size=writer_batch_size, progress=progress,
+                                                  description=label)
+
+            # 3. write everything under a temporary name
+            result = outputs[None] if list(outputs) == [None] else DatasetDict(outputs)
+            result.save_to_disk(str(work), max_shard_size=max_shard_size)
+        ledger.write_rows(work / SKIPPED_ROWS_FILE, "skipped")
+        ledger.write_rows(work / REPAIRED_ROWS_FILE, "repaired")
+        rows = {str(name or "all"): len(dataset) for name, dataset in outputs.items()}
+        summary = {
+            "source": _describe_source(dataset_or_source),
+            "kind": kind,
+            "size": size,
+            "splits": [name for name in outputs if name is not None],
+            "rows": rows,
+            "kept": sum(rows.values()),
+            "skipped": dict(ledger.skipped),
+            "repaired": dict(ledger.repaired),
+            "filtered": dict(ledger.filtered),
+            "skipped_rows_file": SKIPPED_ROWS_FILE,  # every skipped id, with its reason and detail
+            "repaired_rows_file": REPAIRED_ROWS_FILE,
+            "summary": ledger.summary(kept=sum(rows.values())),
+            "options": {key: (list(value) if isinstance(value, tuple) else value)
+                        for key, value in load_pairs_kwargs.items()
+                        if isinstance(value, (str, int, float, bool, tuple, list, type(None)))},
+            "seconds": round(time.perf_counter() - started, 1),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+
+        # 4. publish: rename into place (the old output, with overwrite, goes only once the new one is complete)
+        backup = None
+        if output_dir.exists():
+            backup = parent / f".{output_dir.name}.replaced-{token}"
+            os.replace(output_dir, backup)
+        os.replace(work, output_dir)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    (logger.warning if ledger.total_skipped else logger.info)(summary["summary"])
+    if ledger.total_skipped or ledger.total_repaired:
+        (logger.warning if ledger.total_skipped else logger.info)(
+            "every skipped row is listed in %s and every repaired row in %s (id, reason, detail)",
+            output_dir / SKIPPED_ROWS_FILE, output_dir / REPAIRED_ROWS_FILE)
+    logger.info("preprocessed corpus written to %s in %.1f s", output_dir, summary["seconds"])
+    return output_dir
+
+
+def _log_cap(text: str) -> int | None:
+    value = int(text)
+    return None if value < 0 else value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m convirt_hf.data.preprocess",
+        description="Resize a raw image-report corpus once (8-bit grayscale PNG, long side --size) into shards that "
+                    "training reads with datasets.load_from_disk. Every skipped or repaired row is listed in "
+                    f"{SKIPPED_ROWS_FILE} / {REPAIRED_ROWS_FILE} in the output.",
+    )
+    parser.add_argument("--source", required=True, help="manifest, folder or Hub dataset id")
+    parser.add_argument("--kind", default="auto", choices=("auto",) + KINDS)
+    parser.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--size", type=int, default=256, help="long side of the stored images (default 256)")
+    parser.add_argument("--split", nargs="+", action="append", default=None,
+                        help="split(s) to read, each NAME or OUTPUT=SOURCE (e.g. validation=validate); the output is "
+                             "then a DatasetDict with these split names")
+    parser.add_argument("--views", nargs="+", default=None,
+                        help="keep these views only, e.g. PA AP (generic sources need --view-column)")
+    parser.add_argument("--report-mode", default="findings_impression", choices=("findings_impression", "whole"))
+    parser.add_argument("--min-tokens", type=int, default=3)
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--num-proc", type=int, default=None)
+    parser.add_argument("--max-shard-size", default="500MB")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    parser.add_argument("--max-logged-per-reason", type=_log_cap, default=DEFAULT_MAX_LOGGED_PER_REASON,
+                        metavar="N", help="skipped/repaired rows logged per reason before the rest are only listed "
+                                          f"in {SKIPPED_ROWS_FILE} (default {DEFAULT_MAX_LOGGED_PER_REASON}; -1: all)")
+    generic = parser.add_argument_group("generic sources (manifest, imagefolder, hub, disk)")
+    generic.add_argument("--image-column", help="default: image (file_name in an imagefolder)")
+    generic.add_argument("--text-column", help="default: text")
+    generic.add_argument("--label-columns", nargs="+", default=None, metavar="COLUMN",
+                         help="binary label columns (1/0, true/false, yes/no, -1 or blank): each positive column "
+                              "gives its lower-cased name as a label; one column works too")
+    generic.add_argument("--label-names-column", metavar="COLUMN",
+                         help="one column holding label names (a list, JSON list, or names separated by | ; or ,)")
+    generic.add_argument("--id-column")
+    generic.add_argument("--patient-column")
+    generic.add_argument("--study-column")
+    generic.add_argument("--view-column")
+    hub = parser.add_argument_group("Hub datasets (--kind hub)")
+    hub.add_argument("--config-name", help="the configuration of a dataset with several")
+    hub.add_argument("--revision", help="branch, tag or commit")
+    hub.add_argument("--data-dir", help="sub-folder of the dataset to read")
+    corpora = parser.add_argument_group("built-in corpora")
+    corpora.add_argument("--reports-root", help="MIMIC-CXR: folder of the report text files")
+    corpora.add_argument("--image-root", help="CheXpert-Plus / Open-i: folder of the images")
+    corpora.add_argument("--labels", help="MIMIC-CXR: chexpert (default), negbio or none")
+    corpora.add_argument("--labels-file", help="CheXpert-Plus: CheXbert labels (JSON lines)")
+    corpora.add_argument("--uncertain", choices=("negative", "positive"), help="MIMIC-CXR / CheXpert-Plus: -1 labels")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars; log warnings only")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    kwargs: dict[str, Any] = {
+        "kind": args.kind, "views": args.views, "report_mode": args.report_mode, "min_tokens": args.min_tokens,
+        "strict": args.strict, "max_pixels": args.max_pixels,
+    }
+    if args.split:
+        kwargs["split"] = [item for group in args.split for item in group]
+    # Only what was given: a column option reaching a built-in corpus is refused there, not silently ignored.
+    given = {"image_column": args.image_column, "text_column": args.text_column, "label_columns": args.label_columns,
+             "label_names_column": args.label_names_column, "id_column": args.id_column,
+             "patient_column": args.patient_column, "study_column": args.study_column,
+             "view_column": args.view_column, "config_name": args.config_name, "revision": args.revision,
+             "data_dir": args.data_dir, "reports_root": args.reports_root, "image_root": args.image_root,
+             "labels_file": args.labels_file, "uncertain": args.uncertain}
+    kwargs.update({key: value for key, value in given.items() if value is not None})
+    if args.labels is not None:
+        kwargs["labels"] = None if args.labels.lower() == "none" else args.labels
+    try:
+        output = preprocess_corpus(args.source, args.output, size=args.size, max_shard_size=args.max_shard_size,
+                                   num_proc=args.num_proc, overwrite=args.overwrite, progress=not args.quiet,
+                                   max_logged_per_reason=args.max_logged_per_reason, **kwargs)
+    except BadInputError as error:
+        print(f"error: bad row in strict mode: {error}", file=sys.stderr)
+        return 1
+    except (FileExistsError, FileNotFoundError, ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summary = json.loads((output / SUMMARY_FILE).read_text())
+    print(summary["summary"])
+    if summary["skipped"] or summary["repaired"]:
+        print(f"skipped and repaired rows, with ids: {output / SKIPPED_ROWS_FILE}, {output / REPAIRED_ROWS_FILE}")
+    print(f"written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
