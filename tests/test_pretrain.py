@@ -216,6 +216,21 @@ def test_output_folder_rules(corpus, tmp_path):
     pretrain.main(tiny_args(corpus, output_dir, max_steps=2, eval_steps=2, save_steps=2) + ["--overwrite_output_dir"])
 
 
+def test_a_preprocessed_corpus_trains_on_its_train_split_by_default(corpus, tmp_path):
+    from datasets import DatasetDict, load_from_disk
+
+    synthetic = load_from_disk(str(corpus))
+    preprocessed = tmp_path / "shards"  # the split names convirt_hf.data.preprocess writes
+    DatasetDict(train=synthetic["pretrain"], validation=synthetic["validation"]).save_to_disk(str(preprocessed))
+    output_dir = tmp_path / "run"
+    metrics = pretrain.main(tiny_args(preprocessed, output_dir, retrieval_set="none", max_steps=2, eval_steps=2,
+                                      save_steps=2))
+    assert metrics["steps"] == 2 and "retrieval" not in metrics
+    assert json.loads((output_dir / "training_args.json").read_text())["data"]["train_split"] == "train"
+    with pytest.raises(ValueError, match=r"--train_split 'pretrain' is not in .*\['train', 'validation'\]"):
+        pretrain.main(tiny_args(preprocessed, tmp_path / "other", retrieval_set="none", train_split="pretrain"))
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [

@@ -49,6 +49,7 @@ from convirt_hf.text_towers import corpus_wordpiece_tokenizer, small_bert_config
 
 logger = logging.getLogger("convirt_hf.pretrain")
 
+DEFAULT_TRAIN_SPLITS = ("train", "pretrain")  # preprocessed corpora, then the synthetic corpus
 RUN_MARKER = "convirt_run.json"  # marks a folder as this script's output, so it can be resumed or overwritten
 
 
@@ -102,7 +103,11 @@ class DataArguments:
         metadata={"help": "A folder of preprocessed shards (datasets.save_to_disk, shared record shape). None uses the "
                   "built-in synthetic corpus, generated once into --cache_dir."},
     )
-    train_split: str = "pretrain"
+    train_split: str | None = field(
+        default=None,
+        metadata={"help": "the split to pretrain on; by default 'train' (what convirt_hf.data.preprocess writes) or, "
+                  "when there is none, 'pretrain' (the synthetic corpus's)"},
+    )
     validation_split: str = "validation"
     validation_size: int = field(
         default=5000, metadata={"help": "pairs held out for validation when the dataset has no validation split"}
@@ -281,7 +286,9 @@ def load_corpus(data_args: DataArguments, accelerator: Accelerator, seed: int):
         corpus_dir = Path(data_args.dataset).expanduser()
     corpus = load_from_disk(str(corpus_dir))
     if not hasattr(corpus, "keys"):
-        corpus = {data_args.train_split: corpus}
+        corpus = {data_args.train_split or "train": corpus}
+    if data_args.train_split is None:  # resolved here so that the saved arguments name the split actually used
+        data_args.train_split = next((name for name in DEFAULT_TRAIN_SPLITS if name in corpus), DEFAULT_TRAIN_SPLITS[0])
     if data_args.train_split not in corpus:
         raise ValueError(f"--train_split {data_args.train_split!r} is not in {corpus_dir} (splits: {list(corpus)})")
     train = corpus[data_args.train_split]
