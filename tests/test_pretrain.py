@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 from helpers import run_clean_python
 from safetensors.torch import load_file
 
@@ -22,6 +21,7 @@ from convirt_hf.checkpointing import latest_checkpoint
 from convirt_hf.data.synthetic import SyntheticCorpusConfig, generate_synthetic_corpus
 from convirt_hf.training import pretrain
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "training" / "pretrain.py"
 
 

@@ -38,6 +38,7 @@ from .sources import (
     in_shard,
     is_missing,
     iter_table_rows,
+    positive_label_columns,
     read_header,
     to_str,
 )
@@ -141,20 +142,10 @@ class ChexpertPlusSource(PairSource):
 
     def _labels(self) -> dict[str, tuple[str, ...]]:
         if getattr(self, "_label_cache", None) is None:
-            positive = {1.0} | ({-1.0} if self.uncertain == "positive" else set())
-            table = {}
-            for row in iter_table_rows(self.labels_file):
-                found = []
-                for column, value in row.items():
-                    if column == "path_to_image" or is_missing(value):
-                        continue
-                    try:
-                        if float(value) in positive:
-                            found.append(column.lower())
-                    except (TypeError, ValueError):
-                        continue
-                table[str(row["path_to_image"])] = tuple(found)
-            self._label_cache = table
+            self._label_cache = {
+                str(row["path_to_image"]): positive_label_columns(row, ("path_to_image",), self.uncertain == "positive")
+                for row in iter_table_rows(self.labels_file)
+            }
         return self._label_cache
 
     def __getstate__(self):

@@ -35,6 +35,7 @@ from .sources import (
     check_columns,
     in_shard,
     iter_table_rows,
+    positive_label_columns,
     read_header,
     to_str,
 )
@@ -154,20 +155,10 @@ class MimicCxrSource(PairSource):
 
     def _study_labels(self) -> dict[str, tuple[str, ...]]:
         if getattr(self, "_label_cache", None) is None:
-            positive = {1.0} | ({-1.0} if self.uncertain == "positive" else set())
-            table: dict[str, tuple[str, ...]] = {}
-            for row in iter_table_rows(self.label_table):
-                found = []
-                for column, value in row.items():
-                    if column in _ID_COLUMNS or value in (None, ""):
-                        continue
-                    try:
-                        if float(value) in positive:
-                            found.append(column.lower())
-                    except (TypeError, ValueError):
-                        continue
-                table[to_str(row["study_id"])] = tuple(found)
-            self._label_cache = table
+            self._label_cache = {
+                to_str(row["study_id"]): positive_label_columns(row, _ID_COLUMNS, self.uncertain == "positive")
+                for row in iter_table_rows(self.label_table)
+            }
         return self._label_cache
 
     def __getstate__(self):

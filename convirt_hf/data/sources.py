@@ -348,6 +348,25 @@ def label_names(value: Any) -> list[str]:
     return names
 
 
+def positive_label_columns(row: dict, skip: Sequence[str], uncertain_is_positive: bool = False) -> tuple[str, ...]:
+    """
+    The lower-cased names of the columns of a CheXpert-style label row (MIMIC-CXR's chexpert/negbio tables,
+    CheXpert-Plus's) whose value is positive: 1.0, and -1.0 (uncertain) too when `uncertain_is_positive`. Columns in
+    `skip` (ids, paths) and blank or non-numeric cells are not labels.
+    """
+    positive = {1.0, -1.0} if uncertain_is_positive else {1.0}
+    found = []
+    for column, value in row.items():
+        if column in skip or is_missing(value):
+            continue
+        try:
+            if float(value) in positive:
+                found.append(column.lower())
+        except (TypeError, ValueError):
+            continue
+    return tuple(found)
+
+
 def labels_from_row(row: dict, binary_columns: Sequence[str] = (), names_column: str | None = None
                     ) -> tuple[list[str], str | None]:
     """

@@ -25,16 +25,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 REPORT = "FINDINGS: The heart is enlarged. There is a small left pleural effusion.\nIMPRESSION: Cardiomegaly."
 
 
-@pytest.fixture(autouse=True)
-def _private_datasets_cache(tmp_path, monkeypatch):
-    import datasets.config
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets-cache"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets-cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-
-
 def noise(width, height, seed=0, dtype=np.uint8, high=256) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, high, (height, width)).astype(dtype)
 

@@ -24,17 +24,6 @@ from convirt_hf.data.sources import detect_kind, load_pairs
 GOOD_REPORT = "FINDINGS: The heart is enlarged. There is a small left pleural effusion.\nIMPRESSION: Cardiomegaly."
 
 
-@pytest.fixture(autouse=True)
-def _private_datasets_cache(tmp_path, monkeypatch):
-    """Every Arrow file of these tests goes under tmp_path; nothing can reach the network."""
-    import datasets.config
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets-cache"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets-cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-
-
 def noise(width=24, height=20, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
 
@@ -132,7 +121,7 @@ def test_every_bad_input_is_skipped_and_counted_exactly(tmp_path):
     assert {reason: ids for reason, ids in ledger.skipped_ids.items()} == expected["skipped"]
     assert ledger.skipped == Counter({reason: len(ids) for reason, ids in expected["skipped"].items()})
     assert ledger.repaired == Counter(expected["repaired"])
-    assert ledger.summary(kept=len(dataset)).startswith(f"[manifest:pairs.csv] kept 6 rows; skipped 9 (")
+    assert ledger.summary(kept=len(dataset)).startswith("[manifest:pairs.csv] kept 6 rows; skipped 9 (")
 
     rows = {row["id"]: row for row in dataset}
     assert rows["good"]["text"] == "The heart is enlarged. There is a small left pleural effusion. Cardiomegaly."
