@@ -10,7 +10,8 @@ import argparse
 import dataclasses
 import importlib.resources
 import logging
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -81,3 +82,16 @@ def positive(name: str, value, allow_zero: bool = False) -> None:
 def one_of(name: str, value, choices: Sequence) -> None:
     if value not in choices:
         raise ValueError(f"--{name} must be one of {list(choices)}, got {value!r}")
+
+
+# What a user can fix from one line of text: bad arguments, missing or existing paths, a missing optional extra.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+
+
+def run_cli(main: Callable[[], object], logger_name: str, errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Runs a script's `main()`; a user error (or one of `errors`) becomes one logged line and exit status 1."""
+    try:
+        main()
+    except USER_ERRORS + tuple(errors) as error:
+        logging.getLogger(logger_name).error("%s", error)
+        sys.exit(1)

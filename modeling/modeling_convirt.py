@@ -207,6 +207,35 @@ def load_image_tower_weights(spec: str) -> tuple[str, dict[str, torch.Tensor], s
     return architecture, tower.state_dict(), spec
 
 
+def load_tower_state(
+    tower: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "state dict", architecture: str = "the tower"
+) -> None:
+    """
+    Loads a timm tower's weights strictly, after dropping classifier keys (`num_classes=0` towers have none); raises
+    `ValueError` listing missing, unexpected and misshapen keys instead of a bare `load_state_dict` error.
+    """
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    expected = tower.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    misshapen = [
+        f"{key} {tuple(state_dict[key].shape)} vs {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state_dict and state_dict[key].shape != value.shape
+    ]
+    if missing or unexpected or misshapen:
+
+        def listing(keys):
+            return f"{keys[:8]}{f' (+{len(keys) - 8} more)' if len(keys) > 8 else ''}"
+
+        raise ValueError(
+            f"The image tower weights from {source} do not fit {architecture!r}: "
+            f"missing keys {listing(missing)}, unexpected keys {listing(unexpected)}, "
+            f"shape mismatches {listing(misshapen)}"
+        )
+    tower.load_state_dict(state_dict, strict=True)
+
+
 class ConvirtPreTrainedModel(PreTrainedModel):
     config_class = ConvirtConfig
     base_model_prefix = "convirt"
@@ -448,26 +477,7 @@ class ConvirtModel(ConvirtPreTrainedModel):
 
     def load_image_tower_state(self, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Loads image tower weights, dropping classifier keys; raises listing missing, unexpected and misshapen keys."""
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(CLASSIFIER_PREFIXES)}
-        expected = self.image_encoder.state_dict()
-        missing = [key for key in expected if key not in state_dict]
-        unexpected = [key for key in state_dict if key not in expected]
-        misshapen = [
-            f"{key} {tuple(state_dict[key].shape)} vs {tuple(value.shape)}"
-            for key, value in expected.items()
-            if key in state_dict and state_dict[key].shape != value.shape
-        ]
-        if missing or unexpected or misshapen:
-
-            def listing(keys):
-                return f"{keys[:8]}{f' (+{len(keys) - 8} more)' if len(keys) > 8 else ''}"
-
-            raise ValueError(
-                f"The image tower weights from {source} do not fit {self.config.image_model_name!r}: "
-                f"missing keys {listing(missing)}, unexpected keys {listing(unexpected)}, "
-                f"shape mismatches {listing(misshapen)}"
-            )
-        self.image_encoder.load_state_dict(state_dict, strict=True)
+        load_tower_state(self.image_encoder, state_dict, source, self.config.image_model_name)
 
     def image_encoder_pretrained_cfg(self) -> dict:
         """The timm `pretrained_cfg` describing how this model's image tower expects its input."""
@@ -516,5 +526,6 @@ __all__ = [
     "ConvirtPreTrainedModel",
     "contrastive_logits",
     "convirt_loss",
+    "load_tower_state",
     "pool_text",
 ]

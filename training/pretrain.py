@@ -20,10 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +34,12 @@ from tqdm.auto import tqdm
 
 from convirt_hf import ConvirtConfig, ConvirtModel, ConvirtProcessor
 from convirt_hf.checkpointing import CheckpointWriteError, latest_checkpoint, load_checkpoint, save_checkpoint
-from convirt_hf.cli import one_of, parse_arguments, positive
+from convirt_hf.cli import one_of, parse_arguments, positive, run_cli
 from convirt_hf.data.collate import ConvirtCollator
 from convirt_hf.data.pairs import EpochShuffleSampler, PairViews
 from convirt_hf.data.transforms import AUGMENTATION_PRESETS, ConvirtEvalTransform, ConvirtTrainTransform
 from convirt_hf.evaluation.retrieval import DEFAULT_KS, format_precision_table
-from convirt_hf.evaluation.zero_shot import RetrievalSet, evaluate_retrieval, load_retrieval_set
+from convirt_hf.evaluation.zero_shot import evaluate_retrieval, load_retrieval_set
 from convirt_hf.losses import ConvirtLoss
 from convirt_hf.lr_schedule import LearningRateController
 from convirt_hf.model_card import write_model_card
@@ -726,11 +724,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli() -> None:
-    try:
-        main()
-    except (ValueError, NonFiniteTrainingError, CheckpointWriteError) as error:
-        logging.getLogger("convirt_hf.pretrain").error("%s", error)
-        sys.exit(1)
+    run_cli(main, "convirt_hf.pretrain", (NonFiniteTrainingError, CheckpointWriteError))
 
 
 if __name__ == "__main__":

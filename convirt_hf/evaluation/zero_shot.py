@@ -3,6 +3,9 @@
 A retrieval set (the paper's CheXpert 8x200 layout, or the synthetic corpus's) is a folder written by
 ``datasets.save_to_disk`` with a ``retrieval_candidates`` split (images with exactly one category), a
 ``retrieval_queries`` split (query images, one category each) and ``text_queries.json`` (category -> sentences).
+
+Zero-shot classification by prompts (`class_prompt_embeddings`, `zero_shot_classify`, `score_zero_shot`) is at the
+end of the module.
 """
 
 from __future__ import annotations
@@ -106,3 +109,157 @@ def evaluate_retrieval(
         "image->image": precision_at_k(queries @ candidates.t(), retrieval.query_labels, candidate_labels, ks),
         "text->image": precision_at_k(texts @ candidates.t(), [c for c, _ in sentences], candidate_labels, ks),
     }
+
+
+# ------------------------------------------------------------------------------------ zero-shot classification
+#
+# Each class is described by one or more prompts (e.g. a retrieval set's text_queries.json sentences). A class's
+# embedding is the mean of its prompts' L2-normalised text embeddings, normalised again; an image's class scores
+# are its cosine similarities to the class embeddings, and its probabilities softmax(similarity / tau), tau the
+# model's temperature (config.tau, 0.1 in the paper).
+#
+# Scoring against a ClassificationTask (`score_zero_shot`):
+# - multi-class: softmax over the task's classes only; accuracy (argmax) and one-vs-rest AUC, as score_predictions.
+# - binary and multi-label: there is no per-class sigmoid to threshold, so each class's score is its softmax
+#   probability among *all* prompt classes (a binary task's prompts need at least one other class, e.g. "no
+#   finding", to compare against). Only the rank-based AUCs are meaningful for these scores and kept; the 0.5-
+#   threshold accuracy of a binary task is dropped.
+
+
+@dataclass
+class ZeroShotOutput:
+    """Cosine similarities `(num_images, num_classes)` of images to class embeddings, and the temperature."""
+
+    classes: list[str]
+    similarities: torch.Tensor
+    tau: float
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """softmax(similarity / tau) over all classes."""
+        return torch.softmax(self.similarities / self.tau, dim=-1)
+
+    def predictions(self) -> list[str]:
+        """The most similar class of each image."""
+        return [self.classes[index] for index in self.similarities.argmax(dim=-1).tolist()]
+
+
+def _check_prompts(prompts) -> list[str]:
+    if not prompts:
+        raise ValueError("zero-shot classification needs prompts: a mapping of class names to sentences")
+    for name, sentences in prompts.items():
+        if isinstance(sentences, str) or not sentences or not all(isinstance(s, str) and s.strip() for s in sentences):
+            raise ValueError(f"class {name!r} needs a non-empty list of non-empty prompt sentences, got {sentences!r}")
+    return list(prompts)
+
+
+def class_prompt_embeddings(
+    model, processor, prompts: dict[str, Sequence[str]], device=None, batch_size: int = 256
+) -> torch.Tensor:
+    """
+    One embedding per class, in the order of `prompts` (class -> sentences): the mean of the class's L2-normalised
+    prompt embeddings, L2-normalised again. Returns a float32 `(num_classes, projection_dim)` CPU tensor.
+    """
+    classes = _check_prompts(prompts)
+    device = device or next(model.parameters()).device
+    sentences = [sentence for name in classes for sentence in prompts[name]]
+    was_training = model.training
+    model.eval()
+    try:
+        embeddings = embed_texts(model, processor, sentences, device, batch_size=batch_size)
+    finally:
+        model.train(was_training)
+    means, start = [], 0
+    for name in classes:
+        count = len(prompts[name])
+        means.append(embeddings[start : start + count].mean(dim=0))
+        start += count
+    return torch.nn.functional.normalize(torch.stack(means), dim=-1)
+
+
+def zero_shot_classify(
+    model,
+    processor,
+    images: Sequence,
+    prompts: dict[str, Sequence[str]],
+    device=None,
+    tau: float | None = None,
+    batch_size: int = 64,
+    image_embeddings: torch.Tensor | None = None,
+) -> ZeroShotOutput:
+    """
+    Classifies `images` by their cosine similarity to the class prompt embeddings ([`class_prompt_embeddings`]).
+
+    Args:
+        images: anything the processor takes (PIL images, arrays, paths).
+        prompts: class name -> prompt sentences.
+        tau: the softmax temperature of `ZeroShotOutput.probabilities` (default: the model's `config.tau`).
+        image_embeddings: precomputed L2-normalised image embeddings of `images` (then `images` is not read).
+
+    Returns:
+        [`ZeroShotOutput`]: `classes`, `similarities` `(num_images, num_classes)`, `tau`; `.probabilities` is
+        softmax(similarities / tau).
+    """
+    device = device or next(model.parameters()).device
+    tau = float(tau if tau is not None else getattr(model.config, "tau", 0.1))
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    classes = _check_prompts(prompts)
+    class_embeddings = class_prompt_embeddings(model, processor, prompts, device)
+    if image_embeddings is None:
+        was_training = model.training
+        model.eval()
+        try:
+            image_embeddings = embed_images(model, processor, images, device, batch_size=batch_size)
+        finally:
+            model.train(was_training)
+    return ZeroShotOutput(classes, image_embeddings.float() @ class_embeddings.t(), tau)
+
+
+def score_zero_shot(task, output: ZeroShotOutput, labels: Sequence[Sequence[str]],
+                    patient_ids: Sequence[str | None] | None = None, split: str = "test") -> dict[str, float | None]:
+    """
+    A [`ClassificationTask`]'s metrics for zero-shot predictions, through `scoring.score_predictions` (see the
+    notes above `ZeroShotOutput` for the scores used). Patient-level metrics are added for patient-level tasks
+    when `patient_ids` are given.
+
+    Raises:
+        ValueError: a task class has no prompts, or a binary/multi-label task has a single prompt class.
+    """
+    from .scoring import score_predictions
+
+    missing = [name for name in task.classes if name not in output.classes]
+    if missing:
+        raise ValueError(f"task {task.name!r}: no prompts for the classes {missing} (prompt classes: {output.classes})")
+    columns = [output.classes.index(name) for name in task.classes]
+    targets, keep = task.targets(labels, split=split)
+    keep_rows = torch.as_tensor(keep.nonzero()[0])
+    if task.kind == "multiclass":
+        scores = torch.softmax(output.similarities[:, columns] / output.tau, dim=-1)
+    else:
+        if len(output.classes) < 2:
+            raise ValueError(f"task {task.name!r}: a {task.kind} task needs prompts for at least one other class to "
+                             f"compare against (got only {output.classes})")
+        scores = output.probabilities[:, columns]
+        if task.kind == "binary":
+            scores = scores[:, 0]
+    patients = None
+    if task.patient_level and patient_ids is not None:
+        patients = [patient_ids[i] for i in keep_rows.tolist()]
+    metrics = score_predictions(task, targets, scores[keep_rows].double().numpy(), patient_ids=patients)
+    if task.kind == "binary":
+        metrics = {name: value for name, value in metrics.items() if not name.endswith("accuracy")}
+    return metrics
+
+
+def evaluate_zero_shot_classification(
+    model, processor, records, tasks: Sequence, prompts: dict[str, Sequence[str]], device=None,
+    tau: float | None = None, batch_size: int = 64,
+) -> dict[str, dict[str, float | None]]:
+    """Each task's zero-shot metrics on `records` (a dataset with `image`, the tasks' label columns, optional
+    `patient_id`)."""
+    output = zero_shot_classify(model, processor, records["image"], prompts, device=device, tau=tau,
+                                batch_size=batch_size)
+    columns = getattr(records, "column_names", None) or []
+    patient_ids = records["patient_id"] if "patient_id" in columns else None
+    return {task.name: score_zero_shot(task, output, records[task.column], patient_ids) for task in tasks}

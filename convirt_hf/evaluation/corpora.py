@@ -1,0 +1,58 @@
+"""Where evaluation data comes from: a saved dataset folder, or the built-in synthetic corpus (shared with pretraining).
+
+The evaluation scripts find the same cached synthetic corpus as `training/pretrain.py` when given the same
+`--cache_dir`, `--synthetic_seed` and `--synthetic_pretrain_size`, so a model is evaluated on the classification and
+retrieval splits of the corpus it was pretrained on, never on its pretraining pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SYNTHETIC_CLASSIFICATION_SPLITS", "classification_splits", "corpus_folder"]
+
+# The synthetic corpus's labelled splits, and what convirt_hf.data.preprocess names them.
+SYNTHETIC_CLASSIFICATION_SPLITS = {"train": "cls_train", "validation": "cls_val", "test": "cls_test"}
+PREPROCESSED_CLASSIFICATION_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+
+
+def corpus_folder(dataset: str | None, cache_dir: str = "~/.cache/convirt_hf", synthetic_seed: int = 0,
+                  synthetic_pretrain_size: int = 3000) -> Path:
+    """The dataset folder (`datasets.save_to_disk`), or the synthetic corpus's, generated once if absent."""
+    if dataset is not None:
+        folder = Path(dataset).expanduser()
+        if not folder.exists():
+            raise FileNotFoundError(f"--dataset {dataset!r} does not exist")
+        return folder
+    from convirt_hf.data.synthetic import SyntheticCorpusConfig, ensure_synthetic_corpus
+
+    config = SyntheticCorpusConfig(seed=synthetic_seed, num_pretrain=synthetic_pretrain_size)
+    return ensure_synthetic_corpus(Path(cache_dir).expanduser(), config)
+
+
+def classification_splits(folder: Path, names: dict[str, str | None] | None = None,
+                          required: Sequence[str] = ("train", "validation", "test")) -> dict:
+    """
+    `{"train": Dataset, "validation": Dataset, "test": Dataset}` from a saved `DatasetDict`.
+
+    `names` maps the roles to the folder's split names; by default the synthetic corpus's (`cls_train`, `cls_val`,
+    `cls_test`) when present, else `train`, `validation`, `test`. Raises `ValueError` listing the folder's splits when
+    one is missing.
+    """
+    from datasets import load_from_disk
+
+    corpus = load_from_disk(str(folder))
+    if not hasattr(corpus, "keys"):
+        raise ValueError(f"{folder} holds a single split; the evaluation needs {list(required)} splits")
+    defaults = (SYNTHETIC_CLASSIFICATION_SPLITS if SYNTHETIC_CLASSIFICATION_SPLITS["train"] in corpus
+                else PREPROCESSED_CLASSIFICATION_SPLITS)
+    chosen = {role: (names or {}).get(role) or defaults[role] for role in required}
+    missing = {role: split for role, split in chosen.items() if split not in corpus}
+    if missing:
+        raise ValueError(f"{folder} has no split {missing} (splits: {list(corpus)}); name them with "
+                         + ", ".join(f"--{role}_split" for role in missing))
+    return {role: corpus[split] for role, split in chosen.items()}

@@ -1,0 +1,57 @@
+"""Results files and markdown tables of the evaluation harness.
+
+A results file is JSON: `{"metadata": {...}, "results": [...], "summary": [...]}`. Each result row names the model,
+data, task, protocol, label fraction, seed, metric and value, which is what model cards turn into model-index
+entries; `summary` holds the mean and standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["format_probe_table", "write_results"]
+
+
+def write_results(path: str | os.PathLike, metadata: dict, results: Sequence[dict], summary: Sequence[dict],
+                  overwrite: bool = False) -> Path:
+    """Writes a results file atomically (a crash never leaves half a file); refuses to replace one unless asked."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: pass overwrite=True (--overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps({"metadata": metadata, "results": list(results), "summary": list(summary)}, indent=2)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        handle.write(payload)
+        temporary = Path(handle.name)
+    os.replace(temporary, path)
+    return path
+
+
+def _cell(row: dict | None, scale: float = 100.0) -> str:
+    if row is None:
+        return "n/a"
+    if row["runs"] > 1:
+        return f"{scale * row['mean']:.1f} ± {scale * row['std']:.1f}"
+    return f"{scale * row['mean']:.1f}"
+
+
+def format_probe_table(summary: Sequence[dict], model_names: dict[str, str] | None = None) -> str:
+    """
+    A markdown table shaped like the paper's Table 1: one row per model, one column per (task, label fraction),
+    each cell the task's headline metric (x100) as mean ± standard deviation over seeds.
+    """
+    headline = [row for row in summary if row.get("headline")]
+    models = list(dict.fromkeys(row["model"] for row in headline))
+    columns = list(dict.fromkeys((row["task"], row["metric"], row["fraction"]) for row in headline))
+    index = {(row["model"], row["task"], row["metric"], row["fraction"]): row for row in headline}
+    names = model_names or {}
+    header = "| model | " + " | ".join(f"{task} {metric} {100 * fraction:g}%" for task, metric, fraction in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 1)]
+    for model in models:
+        cells = [_cell(index.get((model, task, metric, fraction))) for task, metric, fraction in columns]
+        lines.append(f"| {names.get(model, model)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,313 @@
+#!/usr/bin/env python
+"""The paper's zero-shot retrieval protocol: image->image and text->image Precision@k of ConVIRT models.
+
+    python training/retrieval.py --models outputs/convirt-demo                       # the synthetic corpus's set
+    python training/retrieval.py --models outputs/convirt-demo --zero_shot --embedding_map outputs/tsne.png
+    python training/retrieval.py --models runs/convirt-mimic \\
+        --chexpert_csv /data/CheXpert-v1.0/train.csv --chexpert_root /data \\
+        --retrieval_set_output /data/chexpert-8x200 --output runs/chexpert_retrieval.json
+
+Candidates are ranked by cosine similarity to each query (query images, or each category's text sentences);
+Precision@k (k = 5, 10, 50, 100 by default) is reported per category and as the mean over queries. A k larger than a
+category's number of candidates is "n/a" (null in the JSON): the category could not reach precision 1 there.
+
+The retrieval set is a folder with retrieval_candidates / retrieval_queries splits and text_queries.json: by default
+the synthetic corpus's (the same cached corpus as training/pretrain.py for the same --cache_dir, --synthetic_seed and
+--synthetic_pretrain_size), or --retrieval_set, or one built first from CheXpert's CSVs with --chexpert_csv (the
+paper's 8 x 200 layout, see convirt_hf.evaluation.chexpert; its text queries are this project's own sentences, as the
+paper's are unpublished). --zero_shot also classifies the --zero_shot_split images by their similarity to the text
+queries of each class (convirt_hf.evaluation.zero_shot). Results are written as JSON (rows with protocol "retrieval"
+and "zero_shot") and printed as markdown tables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from convirt_hf.cli import parse_arguments, positive, run_cli
+from convirt_hf.evaluation.encoders import is_convirt_folder
+from convirt_hf.evaluation.retrieval import DEFAULT_KS, format_precision_table
+from convirt_hf.evaluation.tasks import parse_task
+
+logger = logging.getLogger("convirt_hf.retrieval")
+
+DIRECTIONS = ("image->image", "text->image")
+
+
+@dataclass
+class RetrievalArguments:
+    models: list[str] = field(
+        default_factory=lambda: ["outputs/convirt-demo"],
+        metadata={"help": "ConVIRT model folders (written by training/pretrain.py or save_pretrained)"},
+    )
+    retrieval_set: str | None = field(
+        default=None, metadata={"help": "a retrieval-set folder; default: the synthetic corpus's retrieval splits"})
+    chexpert_csv: list[str] | None = field(
+        default=None,
+        metadata={"help": "CheXpert-v1.0 train.csv and/or valid.csv to sample the 8 x N set from, or one CSV listing "
+                  "a set (columns Path, category, role = candidate/query); needs --retrieval_set_output"},
+    )
+    chexpert_root: str | None = field(
+        default=None, metadata={"help": "the folder holding CheXpert-v1.0 (the CSV paths are relative to it); "
+                                "default: the folder above the CSV's"})
+    retrieval_set_output: str | None = field(
+        default=None, metadata={"help": "where to write the retrieval set built from --chexpert_csv"})
+    candidates_per_category: int = field(default=200, metadata={"help": "CheXpert: candidates per category"})
+    queries_per_category: int = field(default=10, metadata={"help": "CheXpert: query images per category"})
+    chexpert_seed: int = field(default=0, metadata={"help": "CheXpert: the sampling seed"})
+    include_lateral: bool = field(default=False, metadata={"help": "CheXpert: also sample lateral views"})
+    exclude_other_findings: bool = field(
+        default=False, metadata={"help": "CheXpert: also leave out rows positive/uncertain on the 6 other pathologies"})
+    text_queries: str | None = field(
+        default=None, metadata={"help": "a JSON file (category -> sentences) replacing the set's text queries"})
+    ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS))
+    zero_shot: bool = field(default=False, metadata={"help": "also run zero-shot classification by prompts"})
+    zero_shot_dataset: str | None = field(
+        default=None, metadata={"help": "the saved DatasetDict to classify; default: the retrieval set's folder (the "
+                                "synthetic corpus by default)"})
+    zero_shot_split: str = "cls_test"
+    zero_shot_tasks: list[str] = field(
+        default_factory=lambda: ["category", "findings", "pneumonia", "fracture"],
+        metadata={"help": "synthetic presets or '[name=]kind:class,...[@patient]'"},
+    )
+    prompts: str | None = field(
+        default=None, metadata={"help": "a JSON file (class -> prompt sentences); default: the set's text queries"})
+    embedding_map: str | None = field(
+        default=None, metadata={"help": "a PNG path for a t-SNE/UMAP map of the candidates' image embeddings "
+                                "(one file per model, suffixed with the model's name, when several)"})
+    embedding_map_methods: list[str] = field(default_factory=lambda: ["tsne", "umap"])
+    seed: int = field(default=0, metadata={"help": "seed of the embedding map's layout"})
+    batch_size: int = 64
+    device: str | None = field(default=None, metadata={"help": "default: cuda when available, else cpu"})
+    cache_dir: str = "~/.cache/convirt_hf"
+    synthetic_seed: int = 0
+    synthetic_pretrain_size: int = 3000
+    output: str = "outputs/retrieval.json"
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --output, --embedding_map or "
+                                                     "--retrieval_set_output"})
+
+    def __post_init__(self):
+        positive("batch_size", self.batch_size)
+        positive("candidates_per_category", self.candidates_per_category)
+        positive("queries_per_category", self.queries_per_category)
+        if not self.models:
+            raise ValueError("--models needs at least one ConVIRT model folder")
+        for model in self.models:
+            if not Path(model).expanduser().is_dir():
+                raise ValueError(f"--models {model}: no such folder")
+            if not is_convirt_folder(Path(model).expanduser()):
+                raise ValueError(f"--models {model} is not a ConVIRT model folder (no config.json with model_type "
+                                 "convirt)")
+        if not self.ks or any(k <= 0 for k in self.ks):
+            raise ValueError(f"--ks must be positive integers, got {self.ks}")
+        self.ks = list(dict.fromkeys(int(k) for k in self.ks))
+        if self.chexpert_csv:
+            if self.retrieval_set is not None:
+                raise ValueError("--chexpert_csv builds the retrieval set: do not pass --retrieval_set too")
+            if not self.retrieval_set_output:
+                raise ValueError("--chexpert_csv needs --retrieval_set_output (where to write the set it builds)")
+            for path in self.chexpert_csv:
+                if not Path(path).expanduser().is_file():
+                    raise ValueError(f"--chexpert_csv {path}: no such file")
+            if self.chexpert_root is not None and not Path(self.chexpert_root).expanduser().is_dir():
+                raise ValueError(f"--chexpert_root {self.chexpert_root}: no such folder")
+            output = Path(self.retrieval_set_output).expanduser()
+            if output.exists() and (not output.is_dir() or any(output.iterdir())) and not self.overwrite:
+                raise ValueError(f"--retrieval_set_output {self.retrieval_set_output} exists: pass --overwrite to "
+                                 "replace it")
+        else:
+            for name in ("chexpert_root", "retrieval_set_output"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"--{name} only applies with --chexpert_csv")
+            if self.retrieval_set is not None and not Path(self.retrieval_set).expanduser().is_dir():
+                raise ValueError(f"--retrieval_set {self.retrieval_set}: no such folder")
+        for name in ("text_queries", "prompts"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).expanduser().is_file():
+                raise ValueError(f"--{name} {value}: no such file")
+        if self.zero_shot_dataset is not None and not Path(self.zero_shot_dataset).expanduser().is_dir():
+            raise ValueError(f"--zero_shot_dataset {self.zero_shot_dataset}: no such folder")
+        self.parsed_tasks = [parse_task(spec) for spec in self.zero_shot_tasks] if self.zero_shot else []
+        unknown = [m for m in self.embedding_map_methods if m not in ("tsne", "umap")]
+        if unknown or not self.embedding_map_methods:
+            raise ValueError(f"--embedding_map_methods must be among tsne, umap, got {self.embedding_map_methods}")
+        if self.embedding_map is not None:
+            from convirt_hf.evaluation.embedding_map import _require_eval_extra
+
+            _require_eval_extra()  # before any work: a clear ImportError naming the eval extra
+            if not self.embedding_map.lower().endswith(".png"):
+                raise ValueError(f"--embedding_map must be a .png path, got {self.embedding_map!r}")
+            for path in embedding_map_paths(self.embedding_map, self.models).values():
+                if path.exists() and not self.overwrite:
+                    raise ValueError(f"--embedding_map {path} exists: pass --overwrite to replace it")
+        if Path(self.output).exists() and not self.overwrite:
+            raise ValueError(f"--output {self.output} exists: pass --overwrite to replace it")
+
+
+def embedding_map_paths(path: str, models: list[str]) -> dict[str, Path]:
+    """The PNG of each model: `path` itself for one model, else `<stem>-<model folder name>.png` (index on clashes)."""
+    base = Path(path).expanduser()
+    if len(models) == 1:
+        return {models[0]: base}
+    names = [Path(model).expanduser().resolve().name or f"model{i}" for i, model in enumerate(models)]
+    clash = len(set(names)) != len(names)
+    return {model: base.with_name(f"{base.stem}-{f'{i}-' if clash else ''}{name}{base.suffix}")
+            for i, (model, name) in enumerate(zip(models, names))}
+
+
+def retrieval_rows(results: dict, model: str, data: str, ks) -> list[dict]:
+    """Result rows of one model: the mean Precision@k of each direction, then one row per category."""
+    rows = []
+    for direction, result in results.items():
+        total_queries = sum(result["num_queries"].values())
+        total_candidates = sum(result["num_candidates"].values())
+        common = {"model": model, "data": data, "task": "retrieval", "protocol": "retrieval", "fraction": None,
+                  "seed": None, "direction": direction}
+        for k in ks:
+            rows.append({**common, "metric": f"{direction}/P@{k}", "value": result["mean"][k], "k": k,
+                         "category": "mean", "num_queries": total_queries, "num_candidates": total_candidates,
+                         "headline": k == 10})
+        for category, values in result["per_category"].items():
+            for k in ks:
+                rows.append({**common, "metric": f"{direction}/P@{k}/{category}", "value": values[k], "k": k,
+                             "category": category, "num_queries": result["num_queries"][category],
+                             "num_candidates": result["num_candidates"][category], "headline": False})
+    return rows
+
+
+def format_category_table(result: dict, ks) -> str:
+    """A markdown table of one direction's Precision@k per category (x100; n/a where k exceeds its candidates)."""
+    lines = ["| category | queries | candidates | " + " | ".join(f"P@{k}" for k in ks) + " |",
+             "|" + "---|" * (len(ks) + 3)]
+    for category, values in result["per_category"].items():
+        cells = ["n/a" if values[k] is None else f"{100 * values[k]:.1f}" for k in ks]
+        lines.append(f"| {category} | {result['num_queries'][category]} | {result['num_candidates'][category]} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _zero_shot_records(args: RetrievalArguments, retrieval_folder: Path):
+    from datasets import load_from_disk
+
+    folder = Path(args.zero_shot_dataset).expanduser() if args.zero_shot_dataset is not None else retrieval_folder
+    corpus = load_from_disk(str(folder))
+    if not hasattr(corpus, "keys") or args.zero_shot_split not in corpus:
+        splits = list(corpus) if hasattr(corpus, "keys") else []
+        raise ValueError(f"--zero_shot_split {args.zero_shot_split!r} is not a split of {folder} (splits: {splits}); "
+                         "pass --zero_shot_dataset with a labelled split")
+    return folder, corpus[args.zero_shot_split]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args, _preset) = parse_arguments((RetrievalArguments,), argv, description=__doc__)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    from convirt_hf import ConvirtModel, ConvirtProcessor
+    from convirt_hf.evaluation.chexpert import build_chexpert_retrieval_set, load_text_queries
+    from convirt_hf.evaluation.corpora import corpus_folder
+    from convirt_hf.evaluation.linear_probe import summarise_runs
+    from convirt_hf.evaluation.reporting import write_results
+    from convirt_hf.evaluation.scoring import headline_metric
+    from convirt_hf.evaluation.zero_shot import (
+        embed_images,
+        evaluate_retrieval,
+        evaluate_zero_shot_classification,
+        load_retrieval_set,
+    )
+
+    if args.chexpert_csv:
+        folder = build_chexpert_retrieval_set(
+            args.chexpert_csv, args.retrieval_set_output, root=args.chexpert_root,
+            candidates_per_category=args.candidates_per_category, queries_per_category=args.queries_per_category,
+            seed=args.chexpert_seed, frontal_only=not args.include_lateral,
+            exclude_other_findings=args.exclude_other_findings, text_queries=args.text_queries,
+            overwrite=args.overwrite)
+    elif args.retrieval_set is not None:
+        folder = Path(args.retrieval_set).expanduser()
+    else:
+        folder = corpus_folder(None, args.cache_dir, args.synthetic_seed, args.synthetic_pretrain_size)
+    retrieval = load_retrieval_set(folder)
+    if args.text_queries is not None and not args.chexpert_csv:  # a built set already holds them
+        retrieval.text_queries = load_text_queries(args.text_queries, list(dict.fromkeys(retrieval.candidate_labels)))
+    zero_shot_folder = zero_shot_records = prompts = None
+    if args.zero_shot:
+        zero_shot_folder, zero_shot_records = _zero_shot_records(args, folder)
+        prompts = load_text_queries(args.prompts) if args.prompts is not None else retrieval.text_queries
+        for task in args.parsed_tasks:
+            missing = [name for name in task.classes if name not in prompts]
+            if missing:
+                raise ValueError(f"--zero_shot_tasks {task.name}: no prompts for {missing} "
+                                 f"(prompt classes: {list(prompts)}); pass --prompts")
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    map_paths = embedding_map_paths(args.embedding_map, args.models) if args.embedding_map else {}
+    results, tables, maps = [], {}, {}
+    for spec in args.models:
+        model_dir = Path(spec).expanduser()
+        model = ConvirtModel.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+        processor = ConvirtProcessor.from_pretrained(model_dir)
+        directions = evaluate_retrieval(model, processor, retrieval, device=device, ks=args.ks)
+        results += retrieval_rows(directions, spec, str(folder), args.ks)
+        table = format_precision_table(directions, args.ks)
+        tables[spec] = table
+        print(f"\n## {spec} on {folder}\n\n{table}")
+        for direction, result in directions.items():
+            print(f"\n{direction}, per category:\n\n{format_category_table(result, args.ks)}")
+        if spec in map_paths:
+            from convirt_hf.evaluation.embedding_map import plot_embedding_map
+
+            embeddings = embed_images(model, processor, retrieval.candidates["image"], device,
+                                      batch_size=args.batch_size)
+            drawn = plot_embedding_map(embeddings, retrieval.candidate_labels, map_paths[spec],
+                                       methods=args.embedding_map_methods, seed=args.seed,
+                                       title=f"{model_dir.name}: retrieval candidates")
+            maps[spec] = {"path": str(drawn.path), "methods": list(drawn.coordinates)}
+        if args.zero_shot:
+            scores = evaluate_zero_shot_classification(model, processor, zero_shot_records, args.parsed_tasks, prompts,
+                                                       device=device, batch_size=args.batch_size)
+            lines = ["| task | metric | value |", "|---|---|---|"]
+            for task in args.parsed_tasks:
+                for metric, value in scores[task.name].items():
+                    results.append({"model": spec, "data": f"{zero_shot_folder}:{args.zero_shot_split}",
+                                    "task": task.name, "task_kind": task.kind, "protocol": "zero_shot",
+                                    "fraction": None, "seed": None, "metric": metric, "value": value,
+                                    "headline": metric == headline_metric(task)})
+                    lines.append(f"| {task.name} | {metric} | {'n/a' if value is None else f'{100 * value:.1f}'} |")
+            print(f"\nzero-shot classification ({zero_shot_folder}:{args.zero_shot_split}):\n\n" + "\n".join(lines))
+        del model
+
+    summary = summarise_runs([row for row in results if row.get("category", "mean") == "mean"])
+    description_file = Path(folder) / "retrieval_set.json"
+    metadata = {
+        "protocol": "retrieval",
+        "retrieval_set": str(folder),
+        "retrieval_set_info": json.loads(description_file.read_text()) if description_file.is_file() else None,
+        "num_candidates": len(retrieval.candidates),
+        "num_queries": len(retrieval.queries),
+        "chance_rate": retrieval.chance_rate(),
+        "ks": args.ks,
+        "text_queries": retrieval.text_queries,
+        "zero_shot": None if not args.zero_shot else {
+            "dataset": str(zero_shot_folder), "split": args.zero_shot_split, "prompts": prompts,
+            "tasks": [task.name for task in args.parsed_tasks],
+            "scores": "multi-class: softmax over the task's classes; binary/multi-label: each class's softmax "
+                      "probability among all prompt classes (AUC only)",
+        },
+        "embedding_maps": maps,
+        "arguments": {key: value for key, value in asdict(args).items()},
+    }
+    write_results(args.output, metadata, results, summary, overwrite=args.overwrite)
+    logger.info("results written to %s", args.output)
+    return {"metadata": metadata, "results": results, "summary": summary, "tables": tables}
+
+
+def cli() -> None:
+    run_cli(main, "convirt_hf.retrieval")
+
+
+if __name__ == "__main__":
+    cli()
