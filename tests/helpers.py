@@ -96,3 +96,40 @@ def run_clean_python(code: str, hf_home: Path, cwd: Path, timeout: int = 240) ->
     if result.returncode != 0:
         raise AssertionError(f"clean subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+class FakeHfApi:
+    """
+    Stands in for `huggingface_hub.HfApi` in publishing tests: records every call (method name and keyword
+    arguments) and "uploads" by copying the folder under `remote_root/<namespace>__<name>/<revision>`, so tests can
+    inspect exactly what a repo would receive. Any method it does not define raises, so an unexpected call fails.
+    """
+
+    def __init__(self, remote_root: Path, token: str | None = None):
+        self.remote_root = Path(remote_root)
+        self.token = token
+        self.calls: list[tuple[str, dict]] = []
+
+    def create_repo(self, **kwargs):
+        self.calls.append(("create_repo", kwargs))
+        return f"https://huggingface.co/{kwargs['repo_id']}"
+
+    def create_branch(self, **kwargs):
+        self.calls.append(("create_branch", kwargs))
+
+    def upload_folder(self, **kwargs):
+        import shutil
+        from types import SimpleNamespace
+
+        self.calls.append(("upload_folder", kwargs))
+        self.remote(kwargs["repo_id"], kwargs.get("revision")).parent.mkdir(parents=True, exist_ok=True)
+        # a second upload to the same repo lands on top of the first, as a new commit would
+        shutil.copytree(kwargs["folder_path"], self.remote(kwargs["repo_id"], kwargs.get("revision")),
+                        dirs_exist_ok=True)
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/0123abcd")
+
+    def remote(self, repo_id: str, revision: str | None = None) -> Path:
+        return self.remote_root / repo_id.replace("/", "__") / (revision or "main")
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Publish a trained ConVIRT folder to the Hugging Face Hub: the full model repo and, optionally, the image encoder
+as a timm model repo.
+
+    hf auth login                                            # or export HF_TOKEN=...
+    python training/push.py --model_dir outputs/convirt-demo --repo_id my-org/convirt-demo \\
+        --timm_repo_id my-org/convirt-demo-resnet18 \\
+        --evaluation outputs/linear_probe.json outputs/retrieval.json --dry_run
+    python training/push.py --model_dir outputs/convirt-demo --repo_id my-org/convirt-demo \\
+        --timm_repo_id my-org/convirt-demo-resnet18 --evaluation outputs/linear_probe.json outputs/retrieval.json
+
+Each repo is built as a folder first (`convirt_hf.hub.build_publish_folder`, `build_timm_folder`): safetensors
+weights, config with the auto_map, remote code, processor and tokenizer files, and a README.md model card with the
+evaluation results; then it is uploaded with one `create_repo` and one `upload_folder` call. `--dry_run` builds the
+folders (into --build_dir, default `<model_dir>-hub`) and prints what would be uploaded without contacting the Hub.
+Without --build_dir a real push builds in a temporary folder that is removed afterwards. The token is checked before
+anything is built and is never printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convirt_hf.cli import parse_arguments, run_cli
+from convirt_hf.hub import (
+    build_publish_folder,
+    build_timm_folder,
+    check_repo_id,
+    check_revision,
+    check_trained_folder,
+    format_size,
+    push,
+    resolve_token,
+)
+
+logger = logging.getLogger("convirt_hf.push")
+
+
+@dataclass
+class PushArguments:
+    model_dir: str = field(metadata={"help": "a trained folder written by training/pretrain.py"})
+    repo_id: str = field(metadata={"help": "the model repo, namespace/name"})
+    timm_repo_id: str | None = field(
+        default=None, metadata={"help": "also publish the image encoder as a timm model in this repo"})
+    evaluation: list[str] = field(
+        default_factory=list,
+        metadata={"help": "evaluation results JSON files (training/linear_probe.py, finetune.py, retrieval.py, "
+                  "reproduce.py) for the card's table and model-index"},
+    )
+    evaluation_model: str | None = field(
+        default=None, metadata={"help": "the model's name in the evaluation files, when it is not --model_dir's path"})
+    license: str | None = field(
+        default=None, metadata={"help": "the card's license (default: apache-2.0 for the synthetic corpus, else other)"})
+    private: bool = field(default=False, metadata={"help": "create the repos private (existing repos keep theirs)"})
+    revision: str | None = field(default=None, metadata={"help": "upload to this branch (created if absent)"})
+    dry_run: bool = field(default=False, metadata={"help": "build the folders and list what would be uploaded"})
+    build_dir: str | None = field(
+        default=None, metadata={"help": "where to build: <build_dir>/model and <build_dir>/timm (default: "
+                                "<model_dir>-hub for a dry run, a temporary folder otherwise)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an earlier build in --build_dir"})
+    commit_message: str = "Upload ConVIRT model"
+
+    def __post_init__(self):
+        check_repo_id(self.repo_id)
+        if self.timm_repo_id is not None:
+            check_repo_id(self.timm_repo_id)
+            if self.timm_repo_id == self.repo_id:
+                raise ValueError("--timm_repo_id must differ from --repo_id: a timm encoder needs a repo of its own")
+        check_revision(self.revision)
+        for path in self.evaluation:
+            if not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"--evaluation {path} does not exist")
+
+
+def print_plan(result: dict) -> None:
+    total = sum(size for _, size in result["files"])
+    where = f"{result['repo_id']} ({result['revision']}{', private' if result['private'] else ''})"
+    print(f"\n{'Would upload' if result['dry_run'] else 'Uploaded'} {len(result['files'])} files "
+          f"({format_size(total)}) from {result['folder']} to {where}:")
+    for name, size in result["files"]:
+        print(f"  {format_size(size):>10}  {name}")
+    if result["commit_url"]:
+        print(f"  commit: {result['commit_url']}")
+
+
+def publish(args: PushArguments, build_root: Path, api=None) -> dict:
+    model_folder = build_publish_folder(
+        args.model_dir, build_root / "model", args.repo_id, args.evaluation, overwrite=args.overwrite,
+        evaluation_model=args.evaluation_model, timm_repo_id=args.timm_repo_id, license=args.license,
+    )
+    timm_folder = None
+    if args.timm_repo_id is not None:
+        timm_folder = build_timm_folder(args.model_dir, build_root / "timm", args.timm_repo_id,
+                                        convirt_repo_id=args.repo_id, overwrite=args.overwrite, license=args.license)
+    common = {"api": api, "private": args.private, "revision": args.revision, "dry_run": args.dry_run,
+              "commit_message": args.commit_message}
+    results = {"model": push(model_folder, args.repo_id, **common), "timm": None}
+    print_plan(results["model"])
+    if timm_folder is not None:
+        results["timm"] = push(timm_folder, args.timm_repo_id, **common)
+        print_plan(results["timm"])
+    return results
+
+
+def main(argv: list[str] | None = None, api=None) -> dict:
+    """Runs the CLI on `argv`; `api` replaces `huggingface_hub.HfApi()` (tests pass a fake). Returns the push plans."""
+    (args, _preset) = parse_arguments((PushArguments,), argv, description=__doc__)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # Every check that can fail runs before anything is built or sent.
+    check_trained_folder(args.model_dir)
+    if not args.dry_run:
+        resolve_token(api)
+    if args.build_dir is not None:
+        build_root = Path(args.build_dir).expanduser()
+        results = publish(args, build_root, api)
+    elif args.dry_run:
+        build_root = Path(f"{Path(args.model_dir).expanduser().resolve()}-hub")
+        results = publish(args, build_root, api)
+    else:
+        with tempfile.TemporaryDirectory(prefix="convirt-push-") as temporary:
+            build_root = None
+            results = publish(args, Path(temporary), api)
+    if args.dry_run:
+        print(f"\nDry run: nothing was uploaded. The folders are in {build_root}; run again without --dry_run "
+              "(and with --overwrite if you pass this --build_dir) to publish them.")
+    return {**results, "build_dir": None if build_root is None else str(build_root)}
+
+
+def cli() -> None:
+    run_cli(main, "convirt_hf.push")
+
+
+if __name__ == "__main__":
+    cli()
