@@ -9,7 +9,12 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-PROJECTION_KINDS = ("mlp", "linear")
+PROJECTION_KINDS = ("mlp", "linear", "tversky")
+# The Tversky projection's choices (Doumbouya et al., arXiv:2506.11035); the functions are in modeling_convirt.py, the
+# names are repeated here so the configuration stays importable on its own.
+TVERSKY_INTERSECTIONS = ("product", "min", "max", "mean", "gmean", "softmin")
+TVERSKY_DIFFERENCES = ("ignorematch", "substractmatch")
+TVERSKY_SIMILARITY_MODELS = ("contrast", "ratio")
 TEXT_POOLING_KINDS = ("max", "mean", "cls")
 
 # Written into every saved config so a folder or Hub repo loads with trust_remote_code=True and no installed package.
@@ -49,7 +54,25 @@ class ConvirtConfig(PretrainedConfig):
             Hidden width of the MLP heads. Defaults to each tower's own output width (2048 for ResNet-50, 768 for
             BERT-base), as in the paper.
         projection (`str`, *optional*, defaults to `"mlp"`):
-            `"mlp"` (W2 ReLU(W1 h), the paper) or `"linear"` (the paper's ablation).
+            `"mlp"` (W2 ReLU(W1 h), the paper), `"linear"` (the paper's ablation) or `"tversky"`: one Tversky
+            projection layer (Doumbouya, Jurafsky and Manning, 2025), the similarities of h to `projection_dim`
+            learned prototypes over a learned feature bank, configured by the `tversky_*` fields.
+        tversky_num_features (`int`, *optional*, defaults to 256):
+            Size of each Tversky head's feature bank.
+        tversky_alpha (`float`, *optional*, defaults to 0.5):
+            Initial weight of the input's distinctive features f(X - P) (learned).
+        tversky_beta (`float`, *optional*, defaults to 0.5):
+            Initial weight of the prototype's distinctive features f(P - X) (learned).
+        tversky_theta (`float`, *optional*, defaults to 1.0):
+            Initial weight of the common features f(X n P) in the contrast model (learned).
+        tversky_intersection (`str`, *optional*, defaults to `"product"`):
+            How a shared feature's two measures combine: `"product"`, `"min"`, `"max"`, `"mean"`, `"gmean"` or
+            `"softmin"`.
+        tversky_difference (`str`, *optional*, defaults to `"substractmatch"`):
+            `"ignorematch"` (features one object has and the other lacks) or `"substractmatch"` (the excess on
+            shared features). `"ignorematch"` with `"product"` reduces to matrix products, the cheapest in memory.
+        tversky_similarity (`str`, *optional*, defaults to `"contrast"`):
+            `"contrast"` (theta f(X n P) - alpha f(X - P) - beta f(P - X)) or Tversky's `"ratio"` model.
         tau (`float`, *optional*, defaults to 0.1):
             Temperature of the contrastive loss. Named `tau` because `temperature` is a reserved generation argument.
         loss_lambda (`float`, *optional*, defaults to 0.75):
@@ -89,6 +112,13 @@ class ConvirtConfig(PretrainedConfig):
         projection_dim: int = 512,
         projection_hidden_dim: int | None = None,
         projection: str = "mlp",
+        tversky_num_features: int = 256,
+        tversky_alpha: float = 0.5,
+        tversky_beta: float = 0.5,
+        tversky_theta: float = 1.0,
+        tversky_intersection: str = "product",
+        tversky_difference: str = "substractmatch",
+        tversky_similarity: str = "contrast",
         tau: float = 0.1,
         loss_lambda: float = 0.75,
         text_pooling: str = "max",
@@ -116,6 +146,13 @@ class ConvirtConfig(PretrainedConfig):
         self.projection_dim = projection_dim
         self.projection_hidden_dim = projection_hidden_dim
         self.projection = projection
+        self.tversky_num_features = tversky_num_features
+        self.tversky_alpha = tversky_alpha
+        self.tversky_beta = tversky_beta
+        self.tversky_theta = tversky_theta
+        self.tversky_intersection = tversky_intersection
+        self.tversky_difference = tversky_difference
+        self.tversky_similarity = tversky_similarity
         self.tau = tau
         self.loss_lambda = loss_lambda
         self.text_pooling = text_pooling
@@ -133,6 +170,19 @@ class ConvirtConfig(PretrainedConfig):
             raise ValueError(f"image_model_name must be a non-empty timm architecture name, got {self.image_model_name!r}")
         if self.projection not in PROJECTION_KINDS:
             raise ValueError(f"projection must be one of {PROJECTION_KINDS}, got {self.projection!r}")
+        # checked whatever the projection, so that a config switched to projection="tversky" later is already valid
+        count = self.tversky_num_features
+        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+            raise ValueError(f"tversky_num_features must be a positive integer, got {self.tversky_num_features!r}")
+        for name in ("tversky_alpha", "tversky_beta", "tversky_theta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        for name, choices in (("tversky_intersection", TVERSKY_INTERSECTIONS),
+                              ("tversky_difference", TVERSKY_DIFFERENCES),
+                              ("tversky_similarity", TVERSKY_SIMILARITY_MODELS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.text_pooling not in TEXT_POOLING_KINDS:
             raise ValueError(f"text_pooling must be one of {TEXT_POOLING_KINDS}, got {self.text_pooling!r}")
         if not float(self.tau) > 0:

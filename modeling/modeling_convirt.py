@@ -131,11 +131,248 @@ class ConvirtLinearProjection(nn.Module):
         return self.fc(hidden)
 
 
-PROJECTION_CLASSES = {"mlp": ConvirtMLPProjection, "linear": ConvirtLinearProjection}
+# Tversky projection (Doumbouya, Jurafsky and Manning, "Tversky Neural Networks", arXiv:2506.11035), written from the
+# paper's equations. Objects are vectors; an object x "has" feature k of a learned bank F when x . f_k > 0, with
+# measure x . f_k. Everything below works on those memberships, shape (..., num_features).
 
 
-def build_projection(kind: str, input_dim: int, output_dim: int, hidden_dim: int | None) -> nn.Module:
-    return PROJECTION_CLASSES[kind](input_dim, output_dim, hidden_dim or input_dim)
+def _intersection_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a * b
+
+
+def _intersection_gmean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sqrt()
+
+
+def _intersection_softmin(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return -torch.logaddexp(-a, -b)  # a smooth min(a, b), slightly below it
+
+
+# The paper's aggregations Psi of a shared feature's two measures, for the feature-set intersection (eq. 3).
+TVERSKY_INTERSECTIONS = {
+    "product": _intersection_product,
+    "min": torch.minimum,
+    "max": torch.maximum,
+    "mean": lambda a, b: (a + b) / 2,
+    "gmean": _intersection_gmean,
+    "softmin": _intersection_softmin,
+}
+# The paper's two feature-set differences: "ignorematch" counts the features of A absent from B (eq. 4),
+# "substractmatch" the excess of A over B on the features both have (eq. 5).
+TVERSKY_DIFFERENCES = ("ignorematch", "substractmatch")
+# "contrast": theta f(A n B) - alpha f(A - B) - beta f(B - A) (eq. 6); "ratio": Tversky's (1977) ratio model,
+# f(A n B) / (f(A n B) + alpha f(A - B) + beta f(B - A)).
+TVERSKY_SIMILARITY_MODELS = ("contrast", "ratio")
+TVERSKY_RATIO_EPSILON = 1e-6
+
+
+def tversky_salience(memberships: torch.Tensor) -> torch.Tensor:
+    r"""
+    The salience f(A) of each object: the summed measure of the features it has, sum_k (a . f_k) 1[a . f_k > 0]
+    (the paper's eq. 2). `memberships` holds a . f_k in its last dimension.
+    """
+    return memberships.clamp_min(0).sum(dim=-1)
+
+
+def tversky_intersection(a: torch.Tensor, b: torch.Tensor, reduction: str = "product") -> torch.Tensor:
+    r"""
+    f(A n B) for every pair: sum_k Psi(a_k, b_k) 1[a_k > 0 and b_k > 0] (the paper's eq. 3).
+
+    Args:
+        a (`torch.Tensor` of shape `(n, num_features)`): memberships a . f_k of the first objects.
+        b (`torch.Tensor` of shape `(m, num_features)`): memberships of the second objects.
+        reduction (`str`): Psi, one of `TVERSKY_INTERSECTIONS`.
+
+    Returns:
+        `torch.Tensor` of shape `(n, m)`.
+    """
+    if reduction == "product":
+        # relu(a_k) relu(b_k) is a_k b_k exactly where both are positive, and 0 elsewhere: one matmul instead of an
+        # (n, m, num_features) tensor, with the same values and gradients.
+        return a.clamp_min(0) @ b.clamp_min(0).t()
+    pairs_a, pairs_b = a.unsqueeze(1), b.unsqueeze(0)
+    shared = (pairs_a > 0) & (pairs_b > 0)
+    # Psi only ever sees positive measures: the masked-out entries are replaced by 1 before it, so that no branch of
+    # torch.where carries a NaN gradient (sqrt at 0) back through the mask.
+    ones = torch.ones((), dtype=a.dtype, device=a.device)
+    measured = TVERSKY_INTERSECTIONS[reduction](torch.where(shared, pairs_a, ones), torch.where(shared, pairs_b, ones))
+    return torch.where(shared, measured, torch.zeros((), dtype=a.dtype, device=a.device)).sum(dim=-1)
+
+
+def tversky_difference(a: torch.Tensor, b: torch.Tensor, reduction: str = "substractmatch") -> torch.Tensor:
+    r"""
+    f(A - B) for every pair (swap the arguments for f(B - A)).
+
+    - `"ignorematch"` (the paper's eq. 4): sum_k a_k 1[a_k > 0 and b_k <= 0], the features of A that B lacks.
+    - `"substractmatch"` (eq. 5): sum_k (a_k - b_k) 1[a_k > 0 and b_k > 0 and a_k > b_k], how much more of the
+      shared features A has.
+
+    Args:
+        a (`torch.Tensor` of shape `(n, num_features)`): memberships of the first objects.
+        b (`torch.Tensor` of shape `(m, num_features)`): memberships of the second objects.
+
+    Returns:
+        `torch.Tensor` of shape `(n, m)`.
+    """
+    if reduction == "ignorematch":
+        return a.clamp_min(0) @ (b <= 0).to(a.dtype).t()  # a matmul again: relu(a) against B's absent features
+    if reduction == "substractmatch":
+        # a_k > b_k > 0 is the same as relu(a_k - b_k) 1[b_k > 0]; the pairwise excess needs the (n, m, K) tensor
+        excess = (a.unsqueeze(1) - b.unsqueeze(0)).clamp_min(0)
+        return (excess * (b > 0).to(a.dtype).unsqueeze(0)).sum(dim=-1)
+    raise ValueError(f"Unknown Tversky difference {reduction!r}; expected one of {TVERSKY_DIFFERENCES}")
+
+
+def tversky_similarity(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    features: torch.Tensor,
+    alpha: torch.Tensor | float,
+    beta: torch.Tensor | float,
+    theta: torch.Tensor | float = 1.0,
+    intersection: str = "product",
+    difference: str = "substractmatch",
+    similarity: str = "contrast",
+) -> torch.Tensor:
+    r"""
+    Tversky similarity S(a_i, b_j) of every pair of rows, over the feature bank `features` (the paper's eq. 6):
+
+        S(a, b) = theta f(A n B) - alpha f(A - B) - beta f(B - A)            (similarity="contrast")
+        S(a, b) = f(A n B) / (f(A n B) + alpha f(A - B) + beta f(B - A))      (similarity="ratio", Tversky 1977)
+
+    where A = {k : a . f_k > 0}. With alpha != beta, S is asymmetric: S(a, b) != S(b, a).
+
+    Args:
+        a (`torch.Tensor` of shape `(n, dim)`): the objects compared (the "subjects": alpha weighs their own features).
+        b (`torch.Tensor` of shape `(m, dim)`): the objects compared to (the "referents": beta weighs theirs).
+        features (`torch.Tensor` of shape `(num_features, dim)`): the feature bank.
+        alpha, beta, theta: the weights of the distinctive and common features (theta is unused by the ratio model).
+        intersection (`str`, defaults to `"product"`): Psi, one of `TVERSKY_INTERSECTIONS`.
+        difference (`str`, defaults to `"substractmatch"`): one of `TVERSKY_DIFFERENCES`.
+        similarity (`str`, defaults to `"contrast"`): one of `TVERSKY_SIMILARITY_MODELS`.
+
+    Returns:
+        `torch.Tensor` of shape `(n, m)`.
+    """
+    a_members, b_members = a @ features.t(), b @ features.t()
+    common = tversky_intersection(a_members, b_members, intersection)
+    a_only = tversky_difference(a_members, b_members, difference)
+    b_only = tversky_difference(b_members, a_members, difference).t()
+    if similarity == "contrast":
+        return theta * common - alpha * a_only - beta * b_only
+    if similarity == "ratio":
+        # all three measures are >= 0; the floor keeps a pair with no features at all (0 / 0) at 0
+        return common / (common + alpha * a_only + beta * b_only).clamp_min(TVERSKY_RATIO_EPSILON)
+    raise ValueError(f"Unknown Tversky similarity model {similarity!r}; expected one of {TVERSKY_SIMILARITY_MODELS}")
+
+
+class TverskyProjection(nn.Module):
+    r"""
+    The Tversky projection layer (the paper's eq. 7): maps an input x to its Tversky similarities to `output_dim`
+    learned prototypes, y_j = S(x, p_j), over a learned feature bank. It replaces a linear layer, whose outputs are
+    dot products x . w_j with the rows of its weight; unlike one linear layer it can represent XOR.
+
+    Parameters: `features` (num_features x input_dim, the bank F), `prototypes` (output_dim x input_dim, P, living
+    in the input space like a linear layer's weight rows) and the scalars `alpha`, `beta`, `theta`, all learned.
+
+    Args:
+        input_dim (`int`): dimension d of the inputs (and of features and prototypes).
+        output_dim (`int`): number m of prototypes, the output width.
+        num_features (`int`, defaults to 256): size K of the feature bank.
+        alpha (`float`, defaults to 0.5): initial weight of the input's distinctive features, f(X - P).
+        beta (`float`, defaults to 0.5): initial weight of the prototype's distinctive features, f(P - X).
+        theta (`float`, defaults to 1.0): initial weight of the common features (contrast model).
+        intersection, difference, similarity (`str`): see [`tversky_similarity`].
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        num_features: int = 256,
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        theta: float = 1.0,
+        intersection: str = "product",
+        difference: str = "substractmatch",
+        similarity: str = "contrast",
+    ):
+        super().__init__()
+        for name, value, choices in (("intersection", intersection, tuple(TVERSKY_INTERSECTIONS)),
+                                     ("difference", difference, TVERSKY_DIFFERENCES),
+                                     ("similarity", similarity, TVERSKY_SIMILARITY_MODELS)):
+            if value not in choices:
+                raise ValueError(f"Tversky {name} must be one of {choices}, got {value!r}")
+        self.input_dim, self.output_dim, self.num_features = input_dim, output_dim, num_features
+        self.intersection, self.difference, self.similarity = intersection, difference, similarity
+        self.initial_scalars = {"alpha": float(alpha), "beta": float(beta), "theta": float(theta)}
+        self.features = nn.Parameter(torch.empty(num_features, input_dim))
+        self.prototypes = nn.Parameter(torch.empty(output_dim, input_dim))
+        self.alpha = nn.Parameter(torch.empty(()))
+        self.beta = nn.Parameter(torch.empty(()))
+        self.theta = nn.Parameter(torch.empty(()))
+        self.reset_parameters()
+
+    def reset_parameters(self, initialiser=nn.init, generator: torch.Generator | None = None) -> None:
+        """
+        Features ~ N(0, 1/d) and prototypes ~ N(0, 1): for inputs of unit-variance coordinates both memberships x . f_k
+        and p . f_k are then about N(0, 1), so inputs and prototypes start with comparable feature measures (with
+        prototypes at a linear layer's scale, p . f_k would be ~1/sqrt(d) and the intersections vanish).
+        `initialiser` is `torch.nn.init` or transformers' guarded equivalent, which skips loaded tensors.
+        """
+        extra = {} if generator is None else {"generator": generator}
+        initialiser.normal_(self.features, mean=0.0, std=self.input_dim**-0.5, **extra)
+        initialiser.normal_(self.prototypes, mean=0.0, std=1.0, **extra)
+        for name, value in self.initial_scalars.items():
+            initialiser.constant_(getattr(self, name), value)
+
+    def salience(self, hidden: torch.Tensor) -> torch.Tensor:
+        """f(X) of each input, its summed feature measure (eq. 2); `prototype_salience` gives the prototypes'."""
+        return tversky_salience(hidden @ self.features.t())
+
+    def prototype_salience(self) -> torch.Tensor:
+        return tversky_salience(self.prototypes @ self.features.t())
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        leading = hidden.shape[:-1]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        # in the parameters' dtype (a float32 head over a half-precision tower keeps the feature tests x . f_k > 0 exact)
+        output = tversky_similarity(flat.to(self.features.dtype), self.prototypes, self.features, self.alpha,
+                                    self.beta, self.theta, self.intersection, self.difference, self.similarity)
+        return output.reshape(*leading, self.output_dim).to(hidden.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"input_dim={self.input_dim}, output_dim={self.output_dim}, num_features={self.num_features}, "
+                f"intersection={self.intersection!r}, difference={self.difference!r}, similarity={self.similarity!r}")
+
+
+class ConvirtTverskyProjection(TverskyProjection):
+    """A ConVIRT projection head g made of one [`TverskyProjection`] layer, configured by the `tversky_*` fields."""
+
+    def __init__(self, input_dim: int, output_dim: int, config: ConvirtConfig):
+        super().__init__(
+            input_dim,
+            output_dim,
+            num_features=config.tversky_num_features,
+            alpha=config.tversky_alpha,
+            beta=config.tversky_beta,
+            theta=config.tversky_theta,
+            intersection=config.tversky_intersection,
+            difference=config.tversky_difference,
+            similarity=config.tversky_similarity,
+        )
+
+
+PROJECTION_CLASSES = {"mlp": ConvirtMLPProjection, "linear": ConvirtLinearProjection, "tversky": ConvirtTverskyProjection}
+
+
+def build_projection(config: ConvirtConfig, input_dim: int) -> nn.Module:
+    """The head g of `config.projection` from a tower's `input_dim` features to `config.projection_dim`."""
+    if config.projection == "tversky":
+        return ConvirtTverskyProjection(input_dim, config.projection_dim, config)
+    return PROJECTION_CLASSES[config.projection](
+        input_dim, config.projection_dim, config.projection_hidden_dim or input_dim
+    )
 
 
 def create_image_tower(config: ConvirtConfig) -> nn.Module:
@@ -165,8 +402,29 @@ def strip_state_dict_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, 
     return state_dict
 
 
+def _flatten_tensors(state: dict, prefix: str = "") -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Nested dicts of tensors (DINO's {"student": ..., "teacher": ...}) as one flat dict; other leaves are listed."""
+    tensors, others = {}, []
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, torch.Tensor):
+            tensors[name] = value
+        elif isinstance(value, dict):
+            nested, nested_others = _flatten_tensors(value, f"{name}.")
+            tensors.update(nested)
+            others += nested_others
+        else:
+            others.append(name)
+    return tensors, others
+
+
 def read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Reads tower weights safely: safetensors, or a torch pickle restricted to tensors (weights_only=True)."""
+    """
+    Reads tower weights safely: safetensors, or a torch pickle restricted to tensors (`weights_only=True`), of any
+    file name (`.pt`, `.pth`, `.bin`, `.torch`, `.ckpt`). A training checkpoint's `state_dict`/`model` entry is used
+    when it has one; nested dicts of tensors are flattened with "." and non-tensor entries (epoch counters, ...)
+    dropped, so that [`load_tower_state`] can find the tower inside.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -183,9 +441,12 @@ def read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(container_key), dict):
             state = state[container_key]
             break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    tensors, others = _flatten_tensors(state) if isinstance(state, dict) else ({}, [])
+    if not tensors:
         raise ValueError(f"{path} does not hold a state dict of tensors")
-    return state
+    if others:
+        logger.info("%s: ignoring %d entries that are not tensors (%s)", path, len(others), ", ".join(others[:5]))
+    return tensors
 
 
 def load_image_tower_weights(spec: str) -> tuple[str, dict[str, torch.Tensor], str]:
@@ -207,15 +468,105 @@ def load_image_tower_weights(spec: str) -> tuple[str, dict[str, torch.Tensor], s
     return architecture, tower.state_dict(), spec
 
 
+def _is_optional_key(key: str) -> bool:
+    # BatchNorm's step counter: absent from older checkpoints (torchvision's own ResNet-50 release among them) and
+    # only read when momentum=None; torch fills it with 0 for such checkpoints, so do we.
+    return key.endswith("num_batches_tracked")
+
+
+def tower_key_prefixes(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, int]:
+    """
+    Every prefix under which some of the tower's keys appear in `state_dict`, with how many of the tower's required
+    keys (right shape included) it holds: `{"": 120}` for a plain state dict, `{"encoder_q.": 120, "encoder_k.":
+    120}` for a MoCo checkpoint. Found from the keys' dotted suffixes, so any wrapper nesting is seen.
+    """
+    coverage: dict[str, int] = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        for start in range(len(parts)):
+            suffix = ".".join(parts[start:])
+            if suffix in expected and not _is_optional_key(suffix) and expected[suffix].shape == value.shape:
+                prefix = "".join(f"{part}." for part in parts[:start])
+                coverage[prefix] = coverage.get(prefix, 0) + 1
+    return coverage
+
+
+def select_tower_state(
+    state_dict: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    prefix: str | None = None,
+    source: str = "state dict",
+) -> tuple[dict[str, torch.Tensor], str, list[str]]:
+    """
+    The part of a checkpoint that holds the tower: returns `(tower_state, prefix, ignored_keys)`.
+
+    With `prefix=None` it is found: the plain layout when it holds the whole tower, otherwise the one prefix under
+    which the whole tower is ("backbone." next to a "head.", "encoder_q." of MoCo, ...). Keys outside that prefix
+    (projection heads, momentum encoders, optimiser state) are returned as `ignored_keys`; keys inside it are kept,
+    so [`load_tower_state`] still reports unexpected ones. Raises `ValueError` when several prefixes each hold the
+    whole tower (a student and a teacher): the caller names one.
+    """
+    required = sum(1 for key in expected if not _is_optional_key(key))
+    if prefix is None:
+        coverage = tower_key_prefixes(state_dict, expected)
+        complete = sorted(p for p, count in coverage.items() if count == required)
+        if "" in complete or not coverage:
+            prefix = ""
+        elif len(complete) == 1:
+            prefix = complete[0]
+        elif complete:
+            raise ValueError(
+                f"The image tower weights from {source} hold a whole tower under each of the prefixes {complete}: "
+                "name the one to load (from_pretrained_towers(..., image_prefix=...), or load_tower_state(..., "
+                "prefix=...))."
+            )
+        else:  # no complete tower anywhere: report against the closest match
+            prefix = max(coverage, key=lambda p: (coverage[p], p == ""))
+    if prefix and not any(key.startswith(prefix) for key in state_dict):
+        found = sorted(tower_key_prefixes(state_dict, expected))
+        raise ValueError(f"No key of the image tower weights from {source} starts with {prefix!r}; tower keys were "
+                         f"found under {found}")
+    tower_state = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    ignored = [key for key in state_dict if not key.startswith(prefix)]
+    return tower_state, prefix, ignored
+
+
 def load_tower_state(
-    tower: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "state dict", architecture: str = "the tower"
+    tower: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: str = "state dict",
+    architecture: str = "the tower",
+    prefix: str | None = None,
 ) -> None:
     """
-    Loads a timm tower's weights strictly, after dropping classifier keys (`num_classes=0` towers have none); raises
-    `ValueError` listing missing, unexpected and misshapen keys instead of a bare `load_state_dict` error.
+    Loads a timm tower's weights strictly from a timm or torchvision state dict (their ResNet key names are the
+    same), raising `ValueError` with the missing, unexpected and misshapen keys instead of a bare `load_state_dict`
+    error.
+
+    The tower is looked up in the checkpoint with [`select_tower_state`] (wrapper prefixes such as "module." or
+    "backbone.", self-supervised heads and momentum encoders next to it); classifier keys ("fc.", "head.",
+    "classifier.") are dropped, as `num_classes=0` towers have none, and so are keys of modules the tower does not
+    have (a "projector."), with a warning naming them; a missing BatchNorm `num_batches_tracked` is filled with 0.
     """
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(CLASSIFIER_PREFIXES)}
     expected = tower.state_dict()
+    state_dict, prefix, ignored = select_tower_state(state_dict, expected, prefix, source)
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    # Keys of a subtree the tower does not have at all ("projector.", "queue") belong to the training framework and are
+    # skipped; an extra key inside one of the tower's own modules ("layer1.2." loaded into a ResNet-18) means another
+    # architecture and stays an error below.
+    tower_modules = {key.split(".")[0] for key in expected}
+    foreign = [key for key in state_dict if key not in expected and key.split(".")[0] not in tower_modules]
+    state_dict = {k: v for k, v in state_dict.items() if k not in set(foreign)}
+    ignored += [f"{prefix}{key}" for key in foreign]
+    if ignored:
+        logger.warning(
+            "Loading the image tower from the keys%s of %s; ignoring %d keys that are not the tower's (%s%s)",
+            f" under {prefix!r}" if prefix else "", source, len(ignored), ", ".join(ignored[:5]),
+            ", ..." if len(ignored) > 5 else "",
+        )
+    for key, value in expected.items():
+        if _is_optional_key(key) and key not in state_dict:
+            state_dict[key] = torch.zeros_like(value, device="cpu")
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
     misshapen = [
@@ -228,10 +579,12 @@ def load_tower_state(
         def listing(keys):
             return f"{keys[:8]}{f' (+{len(keys) - 8} more)' if len(keys) > 8 else ''}"
 
+        where = f" under the prefix {prefix!r}" if prefix else ""
         raise ValueError(
-            f"The image tower weights from {source} do not fit {architecture!r}: "
-            f"missing keys {listing(missing)}, unexpected keys {listing(unexpected)}, "
-            f"shape mismatches {listing(misshapen)}"
+            f"The image tower weights from {source}{where} do not fit {architecture!r} ({len(expected)} keys): "
+            f"missing keys ({len(missing)}) {listing(missing)}, unexpected keys ({len(unexpected)}) "
+            f"{listing(unexpected)}, shape mismatches ({len(misshapen)}) {listing(misshapen)}. Is image_model_name "
+            "the checkpoint's architecture?"
         )
     tower.load_state_dict(state_dict, strict=True)
 
@@ -248,7 +601,9 @@ class ConvirtPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # Only the projection heads start from scratch here: the towers keep their own (timm/BERT) initialisation or
         # loaded weights; the generic PreTrainedModel init would wipe pretrained convolutions and BatchNorm statistics.
-        if isinstance(module, tuple(PROJECTION_CLASSES.values())):
+        if isinstance(module, TverskyProjection):
+            module.reset_parameters(init)
+        elif isinstance(module, tuple(PROJECTION_CLASSES.values())):
             for layer in module.modules():
                 if isinstance(layer, nn.Linear):
                     bound = 1.0 / layer.in_features**0.5  # nn.Linear's own default scale
@@ -270,12 +625,8 @@ class ConvirtModel(ConvirtPreTrainedModel):
         super().__init__(config)
         self.image_encoder = create_image_tower(config)
         self.text_encoder = BertModel(config.text_config, add_pooling_layer=False)
-        self.image_projection = build_projection(
-            config.projection, self.image_encoder.num_features, config.projection_dim, config.projection_hidden_dim
-        )
-        self.text_projection = build_projection(
-            config.projection, config.text_config.hidden_size, config.projection_dim, config.projection_hidden_dim
-        )
+        self.image_projection = build_projection(config, self.image_encoder.num_features)
+        self.text_projection = build_projection(config, config.text_config.hidden_size)
         self.freeze_text_layers()
         self.post_init()
 
@@ -421,6 +772,7 @@ class ConvirtModel(ConvirtPreTrainedModel):
         cls,
         image: str | os.PathLike | None = "resnet50.tv_in1k",
         text: str | os.PathLike = "emilyalsentzer/Bio_ClinicalBERT",
+        image_prefix: str | None = None,
         **config_kwargs,
     ) -> ConvirtModel:
         r"""
@@ -430,11 +782,17 @@ class ConvirtModel(ConvirtPreTrainedModel):
         Args:
             image (`str` or `os.PathLike`, *optional*, defaults to `"resnet50.tv_in1k"`):
                 A timm name with a pretrained tag, `"hf-hub:org/name"`, `"local-dir:/path"`, a local timm model
-                folder, or a checkpoint file (`.safetensors`, or `.pt`/`.pth`/`.bin` read with
+                folder, or a checkpoint file (`.safetensors`, or `.pt`/`.pth`/`.bin`/`.torch` read with
                 `weights_only=True`) holding a timm or torchvision state dict; for a file, set `image_model_name`
                 if the architecture is not ResNet-50. `None` keeps a randomly initialised `image_model_name` tower.
+                A file may be a training checkpoint: wrapper prefixes (`"module."`, `"backbone."`, ...) are
+                removed and the tower is found next to projection heads or momentum encoders (see
+                [`load_tower_state`]), as for self-supervised medical ResNet-50 weights.
             text (`str` or `os.PathLike`, *optional*, defaults to `"emilyalsentzer/Bio_ClinicalBERT"`):
                 Any BERT-family model id or local folder (`model_type` "bert").
+            image_prefix (`str`, *optional*):
+                The key prefix of the tower inside a checkpoint file that holds several whole towers (`"teacher."`
+                of a DINO checkpoint, `"encoder_q."` of MoCo); found automatically otherwise.
             config_kwargs:
                 Other [`ConvirtConfig`] fields (tau, loss_lambda, projection, frozen_text_layers, ...).
 
@@ -465,7 +823,7 @@ class ConvirtModel(ConvirtPreTrainedModel):
         )
         model = cls(config)
         if image_state is not None:
-            model.load_image_tower_state(image_state, source=image_source)
+            model.load_image_tower_state(image_state, source=image_source, prefix=image_prefix)
         model.text_encoder.load_state_dict(text_model.state_dict(), strict=True)
         logger.warning(
             "ConvirtModel built from pretrained towers (%s, %s): the projection heads are newly initialised and need "
@@ -475,9 +833,14 @@ class ConvirtModel(ConvirtPreTrainedModel):
         )
         return model
 
-    def load_image_tower_state(self, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Loads image tower weights, dropping classifier keys; raises listing missing, unexpected and misshapen keys."""
-        load_tower_state(self.image_encoder, state_dict, source, self.config.image_model_name)
+    def load_image_tower_state(
+        self, state_dict: dict[str, torch.Tensor], source: str = "state dict", prefix: str | None = None
+    ) -> None:
+        """
+        Loads image tower weights from a timm or torchvision state dict or a training checkpoint holding one (see
+        [`load_tower_state`]); raises `ValueError` listing missing, unexpected and misshapen keys.
+        """
+        load_tower_state(self.image_encoder, state_dict, source, self.config.image_model_name, prefix=prefix)
 
     def image_encoder_pretrained_cfg(self) -> dict:
         """The timm `pretrained_cfg` describing how this model's image tower expects its input."""
@@ -524,8 +887,11 @@ __all__ = [
     "ConvirtModel",
     "ConvirtOutput",
     "ConvirtPreTrainedModel",
+    "TverskyProjection",
     "contrastive_logits",
     "convirt_loss",
     "load_tower_state",
     "pool_text",
+    "select_tower_state",
+    "tversky_similarity",
 ]

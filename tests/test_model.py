@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -234,6 +235,102 @@ def test_from_pretrained_towers_refuses_pickled_objects(tmp_path, tokenizer):
     _tiny_bert_folder(tmp_path / "bert", tokenizer.vocab_size)
     with pytest.raises(ValueError, match="weights_only=True"):
         ConvirtModel.from_pretrained_towers(image=tmp_path / "evil.pt", text=tmp_path / "bert", frozen_text_layers=1)
+
+
+# --- checkpoint layouts: torchvision and timm key names, training wrappers, self-supervised checkpoints -------------
+
+
+def _torchvision_resnet18(seed=0):
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _timm_resnet18():
+    return timm.create_model("resnet18", num_classes=0).eval()
+
+
+def test_torchvision_checkpoint_gives_the_timm_tower_the_same_features(tmp_path):
+    from convirt_hf.modeling.modeling_convirt import load_tower_state, read_state_dict_file
+
+    torchvision_model = _torchvision_resnet18()
+    # an older torchvision-era training checkpoint: DDP prefix, an epoch counter, no BatchNorm step counters
+    state = {f"module.{k}": v for k, v in torchvision_model.state_dict().items() if "num_batches_tracked" not in k}
+    torch.save({"epoch": 90, "arch": "resnet18", "state_dict": state}, tmp_path / "resnet18_checkpoint.torch")
+
+    tower = _timm_resnet18()
+    load_tower_state(tower, read_state_dict_file(tmp_path / "resnet18_checkpoint.torch"), "file", "resnet18")
+    torchvision_model.fc = torch.nn.Identity()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(pixels), torchvision_model(pixels))
+    assert all(value.item() == 0 for key, value in tower.state_dict().items() if key.endswith("num_batches_tracked"))
+
+
+def test_tower_is_found_next_to_self_supervised_heads(caplog):
+    from convirt_hf.modeling.modeling_convirt import load_tower_state
+
+    source = _torchvision_resnet18(seed=1).state_dict()  # torchvision names in a timm-style framework checkpoint
+    state = {f"backbone.{k}": v for k, v in source.items() if not k.startswith("fc.")}
+    state.update({"neck.mlp.0.weight": torch.zeros(8, 512), "head.predictor.weight": torch.zeros(8, 8)})
+    tower = _timm_resnet18()
+    with caplog.at_level(logging.WARNING, logger="convirt_hf.modeling.modeling_convirt"):
+        load_tower_state(tower, state, "ssl.pth", "resnet18")
+    assert "under 'backbone.'" in caplog.text and "neck.mlp.0.weight" in caplog.text
+    torch.testing.assert_close(tower.conv1.weight, source["conv1.weight"], rtol=0, atol=0)
+
+    # a projector at the top level of a plain layout is skipped the same way
+    plain = {**{k: v for k, v in source.items()}, "projector.0.weight": torch.zeros(8, 512)}
+    load_tower_state(_timm_resnet18(), plain, "plain.pth", "resnet18")
+
+
+def test_momentum_and_teacher_checkpoints_need_the_tower_named(tmp_path, tokenizer):
+    from convirt_hf.modeling.modeling_convirt import load_tower_state, read_state_dict_file
+
+    query, key = _torchvision_resnet18(seed=2).state_dict(), _torchvision_resnet18(seed=3).state_dict()
+    moco = {f"module.encoder_q.{k}": v for k, v in query.items()}
+    moco.update({f"module.encoder_k.{k}": v for k, v in key.items()})
+    moco["module.queue"] = torch.zeros(128, 16)
+    torch.save({"epoch": 200, "state_dict": moco}, tmp_path / "moco.pth.tar")
+    state = read_state_dict_file(tmp_path / "moco.pth.tar")
+    with pytest.raises(ValueError, match=r"whole tower under each of the prefixes \['module.encoder_k.', "
+                                         r"'module.encoder_q.'\].*image_prefix"):
+        load_tower_state(_timm_resnet18(), state, "moco.pth.tar", "resnet18")
+    tower = _timm_resnet18()
+    load_tower_state(tower, state, "moco.pth.tar", "resnet18", prefix="module.encoder_q.")
+    torch.testing.assert_close(tower.layer4[1].bn2.running_var, query["layer4.1.bn2.running_var"], rtol=0, atol=0)
+
+    # DINO-style nested dicts, through from_pretrained_towers
+    torch.save({"student": {f"backbone.{k}": v for k, v in query.items()},
+                "teacher": {f"backbone.{k}": v for k, v in key.items()}, "epoch": 100}, tmp_path / "dino.pth")
+    _tiny_bert_folder(tmp_path / "bert", tokenizer.vocab_size)
+    towers = dict(text=tmp_path / "bert", image_model_name="resnet18", frozen_text_layers=1, projection_dim=16)
+    with pytest.raises(ValueError, match=r"\['student.backbone.', 'teacher.backbone.'\]"):
+        ConvirtModel.from_pretrained_towers(image=tmp_path / "dino.pth", **towers)
+    model = ConvirtModel.from_pretrained_towers(image=tmp_path / "dino.pth", image_prefix="teacher.backbone.", **towers)
+    torch.testing.assert_close(model.image_encoder.conv1.weight, key["conv1.weight"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="No key .* starts with 'ema.'"):
+        ConvirtModel.from_pretrained_towers(image=tmp_path / "dino.pth", image_prefix="ema.", **towers)
+
+
+def test_another_architecture_is_reported_with_its_keys():
+    from convirt_hf.modeling.modeling_convirt import load_tower_state
+
+    # every ResNet-18 key is in a ResNet-34 state dict with the same shape: the extra blocks must not be skipped
+    resnet34 = timm.create_model("resnet34", num_classes=0).state_dict()
+    with pytest.raises(ValueError) as error:
+        load_tower_state(_timm_resnet18(), resnet34, "resnet34.safetensors", "resnet18")
+    message = str(error.value)
+    assert "do not fit 'resnet18'" in message and "missing keys (0)" in message
+    assert "unexpected keys (" in message and "layer1.2.conv1.weight" in message
+    assert "Is image_model_name the checkpoint's architecture?" in message
 
 
 def test_exported_image_encoder_loads_in_timm_with_the_same_features(model, tmp_path):

@@ -45,13 +45,15 @@ def format_probe_table(summary: Sequence[dict], model_names: dict[str, str] | No
     each cell the task's headline metric (x100) as mean ± standard deviation over seeds.
     """
     headline = [row for row in summary if row.get("headline")]
-    models = list(dict.fromkeys(row["model"] for row in headline))
+    # a row per (model, head): a probe with another head than the paper's linear one is its own row, named so
+    models = list(dict.fromkeys((row["model"], row.get("head")) for row in headline))
     columns = list(dict.fromkeys((row["task"], row["metric"], row["fraction"]) for row in headline))
-    index = {(row["model"], row["task"], row["metric"], row["fraction"]): row for row in headline}
+    index = {(row["model"], row.get("head"), row["task"], row["metric"], row["fraction"]): row for row in headline}
     names = model_names or {}
     header = "| model | " + " | ".join(f"{task} {metric} {100 * fraction:g}%" for task, metric, fraction in columns) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 1)]
-    for model in models:
-        cells = [_cell(index.get((model, task, metric, fraction))) for task, metric, fraction in columns]
-        lines.append(f"| {names.get(model, model)} | " + " | ".join(cells) + " |")
+    for model, head in models:
+        cells = [_cell(index.get((model, head, task, metric, fraction))) for task, metric, fraction in columns]
+        name = names.get(model, model) + (f" ({head} head)" if head not in (None, "linear") else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
