@@ -7,7 +7,9 @@ Two pieces:
   sentences are drawn afresh every time a row is read.
 - [`ConvirtCollator`] stacks the views and tokenises the sentences of a list of examples with dynamic padding (to
   the longest sentence in the batch, capped at ``max_length``), which is much cheaper than padding every sentence
-  to 128 tokens: most report sentences are 5-20 tokens long.
+  to 128 tokens: most report sentences are 5-20 tokens long. With ``raw_images=True`` it batches decoded,
+  unaugmented images of any size instead (zero-padded, with their true sizes), for
+  [`~convirt_hf.data.gpu_augment.BatchedAugmentation`] to make the views on the training device.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ class ConvirtCollator:
         text_field (`str`, defaults to `"sentence"`): the key of the text in each example.
         return_token_type_ids (`bool`, defaults to `False`): also return `token_type_ids` (all zeros for single
             sentences; [`ConvirtModel`] does not need them).
+        raw_images (`bool`, defaults to `False`): the examples' `pixel_values` are decoded, unaugmented images
+            (`(C, H, W)`, C = 1 or 3, `uint8` or float in [0, 1], e.g. from
+            [`~convirt_hf.data.gpu_augment.DecodedImage`]) of any size. They are zero-padded at the bottom and right
+            to the batch's largest height and width into one `(N, C, H, W)` tensor (`uint8` when every image is
+            `uint8`, else float32 in [0, 1]; C = 3 if any image has three channels, one-channel images then
+            replicated), and `sizes`, an `(N, 2)` int64 tensor, holds each image's true `(height, width)`: what
+            [`~convirt_hf.data.gpu_augment.BatchedAugmentation`] takes to augment the batch on the device.
 
     Each example is a mapping with `pixel_values` (a `(3, S, S)` tensor) and/or the text under `text_field`; every
     example of a batch must have the same keys. Returns a dict with `pixel_values` `(N, 3, S, S)` float, `input_ids`
@@ -62,6 +71,7 @@ class ConvirtCollator:
         pad_to_multiple_of: int | None = None,
         text_field: str = "sentence",
         return_token_type_ids: bool = False,
+        raw_images: bool = False,
     ):
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be positive, got {max_length}")
@@ -78,6 +88,7 @@ class ConvirtCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.text_field = text_field
         self.return_token_type_ids = return_token_type_ids
+        self.raw_images = bool(raw_images)
 
     def _all_or_none(self, examples: Sequence[Mapping], key: str) -> bool:
         present = [key in example and example[key] is not None for example in examples]
@@ -92,6 +103,27 @@ class ConvirtCollator:
         if len(shapes) > 1:
             raise ValueError(f"pixel_values of one batch must share a shape, got {sorted(shapes)}")
         return torch.stack(views).to(torch.float32)
+
+    @staticmethod
+    def _pad_images(examples: Sequence[Mapping]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw images of any size zero-padded (bottom, right) into one batch, and their true (height, width)."""
+        images = [torch.as_tensor(example["pixel_values"]) for example in examples]
+        for index, image in enumerate(images):
+            if image.ndim != 3 or image.shape[0] not in (1, 3) or image.shape[1] < 1 or image.shape[2] < 1:
+                raise ValueError(f"example {index}: raw pixel_values must be a (C, H, W) image with C = 1 or 3, got "
+                                 f"shape {tuple(image.shape)}")
+            if image.dtype != torch.uint8 and not image.is_floating_point():
+                raise TypeError(f"example {index}: raw pixel_values must be uint8 or float, got {image.dtype}")
+        as_float = any(image.is_floating_point() for image in images)
+        channels = max(image.shape[0] for image in images)
+        height, width = max(image.shape[1] for image in images), max(image.shape[2] for image in images)
+        batch = torch.zeros((len(images), channels, height, width), dtype=torch.float32 if as_float else torch.uint8)
+        sizes = torch.tensor([list(image.shape[1:]) for image in images], dtype=torch.int64)
+        for index, image in enumerate(images):
+            if as_float and image.dtype == torch.uint8:
+                image = image.to(torch.float32) / 255.0
+            batch[index, :, : image.shape[1], : image.shape[2]] = image  # one channel broadcasts to three
+        return batch, sizes
 
     def _tokenize(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         texts = [example[self.text_field] for example in examples]
@@ -119,7 +151,9 @@ class ConvirtCollator:
         if not has_images and not has_text:
             raise ValueError(f"examples have neither 'pixel_values' nor {self.text_field!r}")
         batch: dict[str, Any] = {}
-        if has_images:
+        if has_images and self.raw_images:
+            batch["pixel_values"], batch["sizes"] = self._pad_images(examples)
+        elif has_images:
             batch["pixel_values"] = self._stack_images(examples)
         if has_text:
             batch.update(self._tokenize(examples))

@@ -45,6 +45,12 @@ images, 224-pixel views, |difference| in [0, 1] units before normalisation):
 
 On white noise, the worst case for the antialiasing difference, random draws differ by a mean of 0.016.
 
+In training (``training/pretrain.py --gpu_augmentation``) the data-loader workers only decode (:class:`DecodedImage`),
+:class:`~convirt_hf.data.collate.ConvirtCollator` with ``raw_images=True`` zero-pads the decoded images into one batch
+with their ``sizes``, and the training loop augments the batch on the device with a generator seeded by
+:func:`batch_seed` from (seed, epoch, batch index within the epoch, process index) only, so a resumed run draws
+exactly the views of an uninterrupted one.
+
 The parameters are float64 (as the CPU sampler's); the per-sample coefficients of the geometry are computed in float64
 and the grid in float32. For a seeded ``torch.Generator`` the output is deterministic (the forward ops used are
 deterministic on CPU and CUDA). Sampling its own parameters, :class:`BatchedAugmentation` does not synchronise with
@@ -59,6 +65,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -70,9 +77,11 @@ from convirt_hf.data.transforms import (
     AugmentationParams,
     AugmentationRanges,
     blur_kernel_size,
+    to_image_tensor,
 )
 
-__all__ = ["BatchParams", "BatchedAugmentation", "params_from_list", "sample_batch_params"]
+__all__ = ["BatchParams", "BatchedAugmentation", "DecodedImage", "batch_seed", "params_from_list",
+           "sample_batch_params"]
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop
 PAPER_RANGES = AugmentationRanges()
@@ -501,3 +510,30 @@ class BatchedAugmentation:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         out = torch.empty(view.shape, dtype=torch.float32, device=view.device, memory_format=memory_format)
         return torch.sub(view, mean, out=out).div_(std)
+
+
+class DecodedImage:
+    """
+    The data-loader half of the device path: an image as the `(C, H, W)` tensor the CPU path would augment
+    ([`~convirt_hf.data.transforms.to_image_tensor`]: C = 1 for grayscale, `uint8` or float in [0, 1]), at its
+    stored size, without augmentation. A `generator` argument is accepted and ignored, so it stands in for
+    [`~convirt_hf.data.transforms.ConvirtTrainTransform`] in [`~convirt_hf.data.pairs.PairViews`].
+    """
+
+    def __call__(self, image, generator: torch.Generator | None = None) -> torch.Tensor:
+        return to_image_tensor(image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def batch_seed(seed: int, epoch: int, batch: int, process: int = 0) -> int:
+    """
+    The seed of one batch's augmentation generator: a function of the run's `seed`, the `epoch`, the `batch` index
+    within the epoch and the `process` index only (through numpy's `SeedSequence`, so nearby tuples give unrelated
+    streams), never of a global random state: a run resumed at any batch draws the views an uninterrupted run does.
+    """
+    values = [int(seed), int(epoch), int(batch), int(process)]
+    if any(value < 0 for value in values):
+        raise ValueError(f"seed, epoch, batch and process must be >= 0, got {values}")
+    return int(np.random.SeedSequence(values).generate_state(1, np.uint64)[0] >> np.uint64(1))  # 63 bits

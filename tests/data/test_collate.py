@@ -172,3 +172,51 @@ def test_pair_transform_reseeds_in_each_worker():
     assert not torch.equal(first[0], first[1])
     for a, b in zip(first, views()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # reproducible given the main process's seed
+
+
+def test_raw_images_are_zero_padded_into_one_batch_with_their_sizes(wordpiece):
+    """--gpu_augmentation's batches: decoded images of mixed sizes, padded at the bottom and right, true sizes kept."""
+    from convirt_hf.data.gpu_augment import BatchedAugmentation, DecodedImage
+
+    rng = np.random.default_rng(0)
+    shapes = [(40, 30), (25, 48), (48, 48), (1, 7)]
+    images = [Image.fromarray(rng.integers(1, 256, shape, dtype=np.uint8), "L") for shape in shapes]
+    decode = DecodedImage()
+    examples = [{"pixel_values": decode(image, generator=torch.Generator()), "sentence": "no", "id": f"r{i}"}
+                for i, image in enumerate(images)]
+    batch = ConvirtCollator(wordpiece, max_length=16, raw_images=True)(examples)
+    assert set(batch) == {"pixel_values", "sizes", "input_ids", "attention_mask", "id"}
+    pixels, sizes = batch["pixel_values"], batch["sizes"]
+    assert pixels.dtype == torch.uint8 and pixels.shape == (4, 1, 48, 48)  # the largest height and width
+    assert sizes.dtype == torch.int64 and sizes.tolist() == [list(shape) for shape in shapes]
+    for index, (height, width) in enumerate(shapes):
+        expected = torch.from_numpy(np.array(images[index]))
+        assert torch.equal(pixels[index, 0, :height, :width], expected)  # the image, at the top left
+        assert pixels[index, :, height:].sum() == 0 and pixels[index, :, :, width:].sum() == 0  # zeros elsewhere
+    assert batch["id"] == ["r0", "r1", "r2", "r3"]
+    # the padded batch and its sizes are what BatchedAugmentation takes: each view as if its image were alone
+    augment = BatchedAugmentation(output_size=16)
+    views = augment(pixels, sizes=sizes, generator=torch.Generator().manual_seed(0))
+    params = augment.sample(sizes, torch.Generator().manual_seed(0))
+    for index, (height, width) in enumerate(shapes):
+        alone = augment(pixels[index : index + 1, :, :height, :width], params=params.to_list()[index : index + 1])
+        torch.testing.assert_close(views[index : index + 1], alone, rtol=0, atol=1e-4)  # float precision, normalised
+
+
+def test_raw_images_of_mixed_channels_and_dtypes(wordpiece):
+    collator = ConvirtCollator(wordpiece, raw_images=True)
+    gray = torch.full((1, 4, 6), 51, dtype=torch.uint8)
+    rgb = torch.stack([torch.full((5, 3), value, dtype=torch.uint8) for value in (0, 102, 255)])
+    mixed = collator([{"pixel_values": gray, "sentence": "no"}, {"pixel_values": rgb, "sentence": "no"}])
+    assert mixed["pixel_values"].shape == (2, 3, 5, 6) and mixed["pixel_values"].dtype == torch.uint8
+    assert (mixed["pixel_values"][0, :, :4, :6] == 51).all()  # grayscale replicated to the three channels
+    assert mixed["sizes"].tolist() == [[4, 6], [5, 3]]
+    as_float = collator([{"pixel_values": gray, "sentence": "no"},
+                         {"pixel_values": torch.full((1, 2, 2), 0.5), "sentence": "no"}])
+    assert as_float["pixel_values"].dtype == torch.float32  # any float image: all in [0, 1]
+    torch.testing.assert_close(as_float["pixel_values"][0, 0, :4, :6], torch.full((4, 6), 0.2))
+    assert as_float["pixel_values"][1, 0, :2, :2].eq(0.5).all() and as_float["pixel_values"][1, :, 2:].eq(0).all()
+    with pytest.raises(ValueError, match=r"example 1: raw pixel_values must be a \(C, H, W\) image"):
+        collator([{"pixel_values": gray, "sentence": "no"}, {"pixel_values": torch.zeros(4, 4), "sentence": "no"}])
+    with pytest.raises(TypeError, match="uint8 or float"):
+        collator([{"pixel_values": torch.zeros((1, 4, 4), dtype=torch.int32), "sentence": "no"}])
