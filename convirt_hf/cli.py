@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.resources
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,9 +76,12 @@ def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None 
 
 
 def positive(name: str, value, allow_zero: bool = False) -> None:
-    """Raises ValueError naming the argument unless `value` is > 0 (or >= 0)."""
-    if value is None or (value < 0 if allow_zero else value <= 0):
-        raise ValueError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    """Raises ValueError naming the argument unless `value` is a finite number > 0 (or >= 0)."""
+    # NaN compares False with everything, so `nan <= 0` would let it through; infinity is no usable setting either.
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not finite or (value < 0 if allow_zero else value <= 0):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"--{name} must be {bound}{'' if finite else ' (a finite number)'}, got {value!r}")
 
 
 def one_of(name: str, value, choices: Sequence) -> None:
@@ -95,3 +100,91 @@ def run_cli(main: Callable[[], object], logger_name: str, errors: tuple[type[Bas
     except USER_ERRORS + tuple(errors) as error:
         logging.getLogger(logger_name).error("%s", error)
         sys.exit(1)
+
+
+# --- checks shared by the evaluation scripts -------------------------------------------------------------------------
+
+# Errors whose type a caller may rely on (run_cli reports all three as one line), rebuilt with the argument's name.
+_NAMEABLE_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+@contextlib.contextmanager
+def argument_errors(name: str):
+    """
+    Names `--name` in an error raised by a check of that argument's value, keeping the error's type.
+
+    Library checks (a task spec, a repo id, an encoder spec) speak of their own parameter or of no name at all; the
+    user needs to know which flag to fix.
+    """
+    try:
+        yield
+    except _NAMEABLE_ERRORS as error:
+        if f"--{name}" in str(error):
+            raise
+        # a subclass may take other constructor arguments (MissingTokenError, ...): it becomes its base ValueError
+        error_type = type(error) if type(error) in _NAMEABLE_ERRORS else ValueError
+        raise error_type(f"--{name}: {error}") from error
+
+
+def check_seeds(name: str, seeds: Sequence[int]) -> None:
+    """At least one seed, each >= 0 (numpy's generators refuse negative seeds, and would only do so mid-run)."""
+    if not seeds:
+        raise ValueError(f"--{name} needs at least one seed")
+    for seed in seeds:
+        positive(name, seed, allow_zero=True)
+
+
+def check_fraction(name: str, value) -> None:
+    # Written so that NaN fails too: every comparison with NaN is False.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"--{name} must be in (0, 1], got {value!r}")
+
+
+def _nearest_existing(path: Path) -> Path | None:
+    return next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
+
+
+def check_folder_path(name: str, path: str | Path) -> None:
+    """Refuses a folder path that cannot be used: it is a file, or a part of it that exists is a file."""
+    folder = Path(path).expanduser()
+    existing = _nearest_existing(folder)
+    if existing is None or existing.is_dir():
+        return
+    if existing == folder:
+        raise ValueError(f"--{name} {path} is a file: expected a folder")
+    raise ValueError(f"--{name} {path}: {existing} is a file, so no folder can be created there")
+
+
+def check_output_file(name: str, path: str | Path, overwrite: bool) -> None:
+    """Refuses an output file that cannot be written, or that exists when `overwrite` (--overwrite) is not set."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ValueError(f"--{name} {path} is a folder: expected the path of a file to write")
+    existing = _nearest_existing(target.parent)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"--{name} {path}: {existing} is a file, so no file can be written there")
+    if target.exists() and not overwrite:
+        raise ValueError(f"--{name} {path} exists: pass --overwrite to replace it")
+
+
+def check_existing_file(name: str, path: str | Path) -> Path:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"--{name} {path}: no such file" + (" (it is a folder)" if file.is_dir() else ""))
+    return file
+
+
+def check_existing_folder(name: str, path: str | Path) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--{name} {path}: no such folder" + (" (it is a file)" if folder.is_file() else ""))
+    return folder
+
+
+def check_synthetic_corpus_arguments(cache_dir: str, synthetic_seed: int, synthetic_pretrain_size: int,
+                                     uses_synthetic_corpus: bool = True) -> None:
+    """The synthetic corpus's arguments, as training/pretrain.py checks them (it must find the same cached corpus)."""
+    positive("synthetic_seed", synthetic_seed, allow_zero=True)
+    positive("synthetic_pretrain_size", synthetic_pretrain_size)
+    if uses_synthetic_corpus:  # the cache folder is only created when the corpus is needed
+        check_folder_path("cache_dir", cache_dir)

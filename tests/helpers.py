@@ -89,6 +89,7 @@ def run_clean_python(code: str, hf_home: Path, cwd: Path, timeout: int = 240) ->
         [sys.executable, "-c", BLOCK_CONVIRT_HF + textwrap.dedent(code)],
         cwd=cwd,
         env=env,
+        stdin=subprocess.DEVNULL,  # transformers asks "run the custom code? [y/N]" on a terminal: answer nothing
         capture_output=True,
         text=True,
         timeout=timeout,

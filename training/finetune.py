@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -29,10 +30,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from convirt_hf.cli import parse_arguments, positive, run_cli
+from convirt_hf.cli import (
+    argument_errors,
+    check_fraction,
+    check_folder_path,
+    check_seeds,
+    check_synthetic_corpus_arguments,
+    parse_arguments,
+    positive,
+    run_cli,
+)
 from convirt_hf.data.transforms import AUGMENTATION_PRESETS, ConvirtEvalTransform, ConvirtTrainTransform
-from convirt_hf.evaluation.corpora import classification_splits, corpus_folder
-from convirt_hf.evaluation.encoders import load_image_encoder
+from convirt_hf.evaluation.corpora import check_classification_splits, classification_splits, corpus_folder
+from convirt_hf.evaluation.encoders import check_image_encoder_spec, load_image_encoder
 from convirt_hf.evaluation.linear_probe import summarise_runs
 from convirt_hf.evaluation.reporting import format_probe_table, write_results
 from convirt_hf.evaluation.scoring import headline_metric, primary_metric, score_predictions
@@ -73,13 +83,16 @@ class FinetuneArguments:
     overwrite_output_dir: bool = False
 
     def __post_init__(self):
+        # Every check runs here, before the Accelerator starts, the output folder is created or the corpus generated.
         for name in ("per_device_batch_size", "learning_rate", "head_learning_rate", "max_epochs"):
             positive(name, getattr(self, name))
         for name in ("head_warmup_steps", "weight_decay", "plateau_patience", "early_stopping_patience",
                      "num_workers"):
             positive(name, getattr(self, name), allow_zero=True)
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"--fraction must be in (0, 1], got {self.fraction!r}")
+        if self.image_size is not None:
+            positive("image_size", self.image_size)
+        check_fraction("fraction", self.fraction)
+        # NaN fails too: every comparison with NaN is False
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout!r}")
         if self.augmentation != "none" and self.augmentation not in AUGMENTATION_PRESETS:
@@ -87,11 +100,20 @@ class FinetuneArguments:
                              f"{self.augmentation!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if not self.seeds:
-            raise ValueError("--seeds needs at least one seed")
-        self.parsed_task = parse_task(self.task)
-        output = Path(self.output_dir)
-        if output.exists() and any(output.iterdir()) and not self.overwrite_output_dir:
+        check_seeds("seeds", self.seeds)
+        if self.architecture is not None and not timm.is_model(self.architecture):
+            raise ValueError(f"--architecture {self.architecture!r} is not a timm architecture")
+        with argument_errors("encoder"):
+            check_image_encoder_spec(self.encoder, self.architecture)
+        with argument_errors("task"):
+            self.parsed_task = parse_task(self.task)
+        check_synthetic_corpus_arguments(self.cache_dir, self.synthetic_seed, self.synthetic_pretrain_size,
+                                         uses_synthetic_corpus=self.dataset is None)
+        check_classification_splits(self.dataset, {"train": self.train_split, "validation": self.validation_split,
+                                                   "test": self.test_split})
+        check_folder_path("output_dir", self.output_dir)
+        output = Path(self.output_dir).expanduser()
+        if output.is_dir() and any(output.iterdir()) and not self.overwrite_output_dir:
             raise ValueError(f"--output_dir {output} is not empty: pass --overwrite_output_dir to replace its results")
 
 
@@ -285,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     # the encoder takes no part in the head warm-up's backward pass, which DDP must be told
     accelerator = Accelerator(mixed_precision=args.mixed_precision,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    output_dir = Path(args.output_dir)
+    output_dir = Path(args.output_dir).expanduser()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     folder = corpus_folder(args.dataset, args.cache_dir, args.synthetic_seed, args.synthetic_pretrain_size)

@@ -7,7 +7,7 @@
 
 Each encoder (a ConVIRT folder, a timm model, or a random baseline; see `convirt_hf.evaluation.encoders`) is run
 once over every split with no gradients; then, for each task, label fraction and seed, a logistic-regression head
-is fitted on the fraction's rows (nested, stratified subsets) with its L2 penalty chosen on the validation split,
+(or, with ``--head tversky``, a Tversky projection head) is fitted on the fraction's rows (nested, stratified subsets) with its L2 penalty chosen on the validation split,
 and scored on the test split. Results (one row per model, task, fraction, seed and metric, plus mean and standard
 deviation over seeds) are written as JSON and printed as a markdown table.
 """
@@ -16,15 +16,25 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
+import timm
 import torch
 
-from convirt_hf.cli import parse_arguments, positive, run_cli
-from convirt_hf.evaluation.corpora import classification_splits, corpus_folder
-from convirt_hf.evaluation.encoders import is_convirt_folder, load_image_encoder
+from convirt_hf.cli import (
+    argument_errors,
+    check_fraction,
+    check_output_file,
+    check_seeds,
+    check_synthetic_corpus_arguments,
+    one_of,
+    parse_arguments,
+    positive,
+    run_cli,
+)
+from convirt_hf.evaluation.corpora import check_classification_splits, classification_splits, corpus_folder
+from convirt_hf.evaluation.encoders import check_image_encoder_spec, is_convirt_folder, load_image_encoder
 from convirt_hf.evaluation.features import encode_splits
-from convirt_hf.evaluation.linear_probe import probe_inputs, run_linear_probe, summarise_runs
+from convirt_hf.evaluation.linear_probe import HEADS, probe_inputs, run_linear_probe, summarise_runs
 from convirt_hf.evaluation.reporting import format_probe_table, write_results
 from convirt_hf.evaluation.tasks import parse_task
 
@@ -53,6 +63,10 @@ class LinearProbeArguments:
     image_size: int | None = field(default=None, metadata={"help": "input side for timm/random encoders (default: "
                                                              "the first ConVIRT folder's)"})
     eval_mode: str = field(default="pad_square", metadata={"help": "pad_square (the paper) or resize_crop"})
+    head: str = field(default="linear", metadata={"help": "linear (logistic regression, the paper) or tversky (a "
+                                                          "Tversky projection head over class prototypes)"})
+    tversky_num_features: int = field(default=32, metadata={"help": "feature bank size of the tversky head"})
+    tversky_steps: int = field(default=300, metadata={"help": "full-batch AdamW steps of the tversky head"})
     batch_size: int = 64
     num_workers: int = 0
     cache_dir: str = "~/.cache/convirt_hf"
@@ -62,20 +76,40 @@ class LinearProbeArguments:
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --output file"})
 
     def __post_init__(self):
+        # Every check runs here, before the corpus is generated or any encoder is built: a bad value must not cost
+        # the feature extraction of the encoders listed before it.
         positive("batch_size", self.batch_size)
         positive("num_workers", self.num_workers, allow_zero=True)
+        if self.image_size is not None:
+            positive("image_size", self.image_size)
+        one_of("eval_mode", self.eval_mode, ("pad_square", "resize_crop"))
+        one_of("head", self.head, tuple(HEADS))
+        positive("tversky_num_features", self.tversky_num_features)
+        positive("tversky_steps", self.tversky_steps)
+        if self.architecture is not None and not timm.is_model(self.architecture):
+            raise ValueError(f"--architecture {self.architecture!r} is not a timm architecture")
         if not self.encoders:
             raise ValueError("--encoders needs at least one encoder")
-        if not self.seeds:
-            raise ValueError("--seeds needs at least one seed")
+        for spec in self.encoders:
+            with argument_errors("encoders"):
+                check_image_encoder_spec(spec, self.architecture)
+        check_seeds("seeds", self.seeds)
+        if not self.fractions:
+            raise ValueError("--fractions needs at least one label fraction, e.g. 0.01 0.1 1")
         for fraction in self.fractions:
-            if not 0 < fraction <= 1:
-                raise ValueError(f"--fractions must be in (0, 1], got {fraction!r}")
-        if self.eval_mode not in ("pad_square", "resize_crop"):
-            raise ValueError(f"--eval_mode must be pad_square or resize_crop, got {self.eval_mode!r}")
-        self.parsed_tasks = [parse_task(spec) for spec in self.tasks]  # fails here, before any work
-        if Path(self.output).exists() and not self.overwrite:
-            raise ValueError(f"--output {self.output} exists: pass --overwrite to replace it")
+            check_fraction("fractions", fraction)
+        if not self.tasks:
+            raise ValueError("--tasks needs at least one task")
+        with argument_errors("tasks"):
+            self.parsed_tasks = [parse_task(spec) for spec in self.tasks]
+        names = [task.name for task in self.parsed_tasks]
+        if len(set(names)) != len(names):  # their rows would be merged into one task's summary
+            raise ValueError(f"--tasks names a task twice: {names}")
+        check_synthetic_corpus_arguments(self.cache_dir, self.synthetic_seed, self.synthetic_pretrain_size,
+                                         uses_synthetic_corpus=self.dataset is None)
+        check_classification_splits(self.dataset, {"train": self.train_split, "validation": self.validation_split,
+                                                   "test": self.test_split})
+        check_output_file("output", self.output, self.overwrite)
 
 
 def shared_image_size(encoders: list[str]) -> int | None:
@@ -85,6 +119,12 @@ def shared_image_size(encoders: list[str]) -> int | None:
     for spec in encoders:
         if is_convirt_folder(spec):
             return int(ConvirtConfig.from_pretrained(spec).image_size)
+    return None
+
+
+def head_options(args: LinearProbeArguments) -> dict | None:
+    if args.head == "tversky":
+        return {"num_features": args.tversky_num_features, "steps": args.tversky_steps}
     return None
 
 
@@ -103,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
                                  num_workers=args.num_workers, device=device)
         for task in args.parsed_tasks:
             results += run_linear_probe(task, probe_inputs(features, records, task.column), args.fractions, args.seeds,
-                                        model_name=spec, data_name=str(folder))
+                                        model_name=spec, data_name=str(folder), head=args.head,
+                                        head_options=head_options(args))
     summary = summarise_runs(results)
     metadata = {"protocol": "linear_probe", "dataset": str(folder),
                 "arguments": {k: v for k, v in asdict(args).items()}}

@@ -24,18 +24,30 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from convirt_hf import ConvirtConfig, ConvirtModel, ConvirtProcessor
-from convirt_hf.checkpointing import CheckpointWriteError, latest_checkpoint, load_checkpoint, save_checkpoint
+from convirt_hf.modeling.configuration_convirt import TVERSKY_DIFFERENCES
+from convirt_hf.checkpointing import (
+    TRAIN_STATE_FILE,
+    WRITE_ERRORS,
+    CheckpointReadError,
+    CheckpointWriteError,
+    any_process_failed,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from convirt_hf.cli import one_of, parse_arguments, positive, run_cli
 from convirt_hf.data.collate import ConvirtCollator
+from convirt_hf.data.gpu_augment import BatchedAugmentation, DecodedImage, batch_seed
 from convirt_hf.data.pairs import EpochShuffleSampler, PairViews
 from convirt_hf.data.transforms import AUGMENTATION_PRESETS, ConvirtEvalTransform, ConvirtTrainTransform
 from convirt_hf.evaluation.retrieval import DEFAULT_KS, format_precision_table
@@ -49,6 +61,72 @@ logger = logging.getLogger("convirt_hf.pretrain")
 
 DEFAULT_TRAIN_SPLITS = ("train", "pretrain")  # preprocessed corpora, then the synthetic corpus
 RUN_MARKER = "convirt_run.json"  # marks a folder as this script's output, so it can be resumed or overwritten
+
+
+# --- argument checks that need the file system or timm's registry (the dataclasses call them) ---------------------
+
+
+def check_timm_architecture(name: str, architecture: str) -> None:
+    import timm
+
+    if not timm.is_model(architecture):
+        close = timm.list_models(f"*{architecture.split('.')[0][:6]}*")[:8] if architecture else []
+        raise ValueError(f"--{name} {architecture!r} is not a timm architecture"
+                         + (f" (close matches: {', '.join(close)})" if close else ""))
+
+
+def looks_like_path(spec: str) -> bool:
+    from convirt_hf.data.sources import looks_like_local_path
+
+    return looks_like_local_path(spec) or Path(spec).expanduser().exists()
+
+
+def check_local_model_path(name: str, spec: str) -> None:
+    """A path must exist; anything else is left to be a Hub id (checked by `check_towers` before training)."""
+    if looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ValueError(f"--{name} {spec!r} does not exist")
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ValueError(f"--{name} {spec!r} is a folder without config.json: not a model folder")
+
+
+def check_image_tower(spec: str) -> None:
+    """A weights file or timm folder that exists, hf-hub:/local-dir:, or a timm name whose pretrained tag exists."""
+    import timm
+
+    if spec.startswith("local-dir:"):
+        check_local_model_path("image_tower", spec[len("local-dir:"):])
+        return
+    if spec.startswith("hf-hub:"):
+        return
+    if looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ValueError(f"--image_tower {spec!r} does not exist")
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ValueError(f"--image_tower {spec!r} is a folder without config.json: not a timm model folder")
+        return
+    check_timm_architecture("image_tower", spec)
+    if "." in spec and spec not in timm.list_pretrained(spec.split(".")[0]):
+        tags = timm.list_pretrained(spec.split(".")[0])[:8]
+        raise ValueError(f"--image_tower {spec!r}: timm has no such pretrained tag (some that exist: {tags})")
+
+
+def dataset_splits(name: str, folder: str) -> list[str] | None:
+    """The splits of a `save_to_disk` folder (None for a single Dataset); raises unless it is one."""
+    path = Path(folder).expanduser()
+    if not path.exists():
+        raise ValueError(f"--{name} {folder!r} does not exist")
+    if (path / "dataset_dict.json").is_file():
+        try:
+            return list(json.loads((path / "dataset_dict.json").read_text())["splits"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"--{name} {folder!r}: unreadable dataset_dict.json ({error})") from error
+    if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+        return None
+    raise ValueError(f"--{name} {folder!r} is not a dataset folder written by datasets' save_to_disk (e.g. by "
+                     "python -m convirt_hf.data.preprocess): it has no dataset_dict.json or dataset_info.json")
 
 
 @dataclass
@@ -68,8 +146,13 @@ class ModelArguments:
     text_hidden_size: int = field(default=128, metadata={"help": "width of the from-scratch text tower"})
     text_vocab_size: int = field(default=2000, metadata={"help": "vocabulary size learned for the from-scratch tower"})
     text_dropout: float = field(default=0.1, metadata={"help": "dropout of the from-scratch text tower"})
-    projection: str = field(default="mlp", metadata={"help": "mlp (the paper) or linear"})
+    projection: str = field(default="mlp", metadata={"help": "mlp (the paper), linear or tversky (a Tversky "
+                                                             "projection layer, see ConvirtConfig)"})
     projection_dim: int = 512
+    tversky_num_features: int = field(default=256, metadata={"help": "feature bank size of tversky heads"})
+    tversky_alpha: float = field(default=0.5, metadata={"help": "weight of the input's distinctive features"})
+    tversky_beta: float = field(default=0.5, metadata={"help": "weight of the prototype's distinctive features"})
+    tversky_difference: str = field(default="substractmatch", metadata={"help": "substractmatch or ignorematch"})
     tau: float = 0.1
     loss_lambda: float = 0.75
     text_pooling: str = "max"
@@ -81,7 +164,11 @@ class ModelArguments:
         positive("tau", self.tau)
         if not 0.0 <= self.loss_lambda <= 1.0:
             raise ValueError(f"--loss_lambda must be in [0, 1], got {self.loss_lambda!r}")
-        one_of("projection", self.projection, ("mlp", "linear"))
+        one_of("projection", self.projection, ("mlp", "linear", "tversky"))
+        positive("tversky_num_features", self.tversky_num_features)
+        positive("tversky_alpha", self.tversky_alpha, allow_zero=True)
+        positive("tversky_beta", self.tversky_beta, allow_zero=True)
+        one_of("tversky_difference", self.tversky_difference, TVERSKY_DIFFERENCES)
         one_of("text_pooling", self.text_pooling, ("max", "mean", "cls"))
         positive("frozen_text_layers", self.frozen_text_layers, allow_zero=True)
         positive("text_layers", self.text_layers)
@@ -92,6 +179,19 @@ class ModelArguments:
         if self.image_tower is not None and self.text_tower is None:
             raise ValueError("--image_tower needs --text_tower: a from-scratch text tower is only trained together "
                              "with a from-scratch image tower (the offline demo)")
+        check_timm_architecture("image_model_name", self.image_model_name)
+        if self.image_tower is not None:
+            check_image_tower(self.image_tower)
+        if self.text_tower is not None:
+            check_local_model_path("text_tower", self.text_tower)
+        else:
+            heads = max(1, self.text_hidden_size // 64)  # what build_model gives the from-scratch tower
+            if self.text_hidden_size % heads:
+                raise ValueError(f"--text_hidden_size must be a multiple of its {heads} attention heads (one per 64), "
+                                 f"got {self.text_hidden_size}")
+            if self.frozen_text_layers > self.text_layers:
+                raise ValueError(f"--frozen_text_layers ({self.frozen_text_layers}) cannot exceed --text_layers "
+                                 f"({self.text_layers})")
 
 
 @dataclass
@@ -127,6 +227,13 @@ class DataArguments:
         metadata={"help": "paper (the paper's five augmentations and ranges) or light (narrower ranges, for small "
                   "from-scratch CPU runs; see convirt_hf.data.transforms.AUGMENTATION_PRESETS)"},
     )
+    gpu_augmentation: bool = field(
+        default=False,
+        metadata={"help": "make the training views on the training device (convirt_hf.data.gpu_augment), batched, "
+                  "with the same --augmentation ranges: the data-loader workers then only decode the images and "
+                  "sample the sentences. For GPUs, whose step would otherwise wait for the CPU augmentation; "
+                  "validation keeps the CPU evaluation view."},
+    )
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     max_train_samples: int | None = None
 
@@ -138,8 +245,29 @@ class DataArguments:
         positive("synthetic_pretrain_size", self.synthetic_pretrain_size)
         one_of("text_mode", self.text_mode, ("sentence", "report"))
         one_of("augmentation", self.augmentation, tuple(AUGMENTATION_PRESETS))
-        if self.dataset is not None and not Path(self.dataset).expanduser().exists():
-            raise ValueError(f"--dataset {self.dataset!r} does not exist")
+        positive("synthetic_seed", self.synthetic_seed, allow_zero=True)
+        if self.eval_resize is not None:
+            positive("eval_resize", self.eval_resize)
+            if self.eval_resize < self.image_size:
+                raise ValueError(f"--eval_resize ({self.eval_resize}) must be >= --image_size ({self.image_size}): "
+                                 "evaluation crops --image_size pixels out of the resized image")
+        if self.dataset is not None:
+            splits = dataset_splits("dataset", self.dataset)
+            if self.train_split is not None and splits is not None and self.train_split not in splits:
+                raise ValueError(f"--train_split {self.train_split!r} is not in {Path(self.dataset).expanduser()} "
+                                 f"(splits: {splits})")
+        if self.train_split is not None and self.train_split == self.validation_split:
+            raise ValueError(f"--validation_split {self.validation_split!r} is the training split: validation would "
+                             "score the very pairs the model trains on")
+        if self.retrieval_set is not None and self.retrieval_set != "none":
+            folder = Path(self.retrieval_set).expanduser()
+            if not folder.is_dir() or not (folder / "text_queries.json").is_file():
+                raise ValueError(f"--retrieval_set {self.retrieval_set!r} is not a retrieval set folder (a saved "
+                                 "DatasetDict with retrieval_candidates/retrieval_queries and text_queries.json), "
+                                 "nor 'none'")
+        cache = Path(self.cache_dir).expanduser()
+        if cache.exists() and not cache.is_dir():
+            raise ValueError(f"--cache_dir {self.cache_dir!r} exists and is not a folder")
         if self.max_train_samples is not None:
             positive("max_train_samples", self.max_train_samples)
 
@@ -172,6 +300,13 @@ class PretrainingArguments:
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard or none"})
     push_to_hub: str | None = field(default=None, metadata={"help": "upload the final folder to this Hub repo"})
     hub_private: bool = False
+    ddp_timeout: int = field(
+        default=1800,
+        metadata={"help": "seconds a process waits in a collective operation (gradient all-reduce, barrier) for the "
+                  "others before it fails: a crashed or hung process then stops the run with an error instead of "
+                  "a hang. It also bounds the main process's solo phases that others wait for (building the "
+                  "synthetic corpus and the tokenizer, writing checkpoints)."},
+    )
 
     def __post_init__(self):
         positive("per_device_batch_size", self.per_device_batch_size)
@@ -184,12 +319,15 @@ class PretrainingArguments:
         positive("save_steps", self.save_steps)
         positive("save_total_limit", self.save_total_limit)
         positive("logging_steps", self.logging_steps)
+        positive("ddp_timeout", self.ddp_timeout)
         positive("gradient_accumulation_steps", self.gradient_accumulation_steps)
         positive("warmup_steps", self.warmup_steps, allow_zero=True)
         positive("plateau_patience", self.plateau_patience, allow_zero=True)
         one_of("optimizer", self.optimizer, ("adam", "adamw"))
         one_of("lr_scheduler", self.lr_scheduler, ("plateau", "cosine", "constant"))
         one_of("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ValueError("--mixed_precision fp16 needs a CUDA GPU (none is visible): use bf16 or no on a CPU")
         one_of("report_to", self.report_to, ("tensorboard", "none"))
         if self.max_evaluations is not None:
             positive("max_evaluations", self.max_evaluations)
@@ -197,6 +335,15 @@ class PretrainingArguments:
             positive("early_stopping_patience", self.early_stopping_patience)
         if self.resume is not None and self.resume != "latest" and not Path(self.resume).is_dir():
             raise ValueError(f"--resume must be 'latest' or an existing checkpoint folder, got {self.resume!r}")
+        if self.resume not in (None, "latest") and not (Path(self.resume) / TRAIN_STATE_FILE).is_file():
+            raise ValueError(f"--resume {self.resume!r} is not a complete checkpoint (no {TRAIN_STATE_FILE}): pass "
+                             "--resume latest to use the newest complete one")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must be in [0, 2**32), got {self.seed!r}")
+        if Path(self.output_dir).expanduser().exists() and not Path(self.output_dir).expanduser().is_dir():
+            raise ValueError(f"--output_dir {self.output_dir!r} exists and is a file, not a folder")
+        if self.overwrite_output_dir and self.resume is not None:
+            raise ValueError("--overwrite_output_dir and --resume contradict each other: a resumed run keeps its folder")
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -253,13 +400,19 @@ def build_accelerator(args: PretrainingArguments, output_dir: Path) -> Accelerat
     # Without GPUs, accelerate (1.15) only joins launched processes into one gloo group when asked for the CPU:
     # otherwise each process silently runs alone, and all of them write the same output folder.
     cpu = launched_processes > 1 and not torch.cuda.is_available()
+    process_group = InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))
+    # accelerate passes on only the values that differ from the class defaults (600 s, NCCL's), so --ddp_timeout 600
+    # would silently become torch's default (30 minutes for gloo): always pass the timeout.
+    process_group.to_kwargs = lambda: {"timeout": timedelta(seconds=args.ddp_timeout)}
     accelerator = Accelerator(
         cpu=cpu,
+        kwargs_handlers=[process_group],
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
-        dataloader_config=DataLoaderConfiguration(even_batches=False),
+        # the prepared loaders copy each batch to the device: asynchronously from the pinned buffers on CUDA
+        dataloader_config=DataLoaderConfiguration(even_batches=False, non_blocking=torch.cuda.is_available()),
     )
     if accelerator.num_processes != launched_processes:
         raise RuntimeError(
@@ -342,6 +495,10 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer)
     config_fields = dict(
         projection=model_args.projection,
         projection_dim=model_args.projection_dim,
+        tversky_num_features=model_args.tversky_num_features,
+        tversky_alpha=model_args.tversky_alpha,
+        tversky_beta=model_args.tversky_beta,
+        tversky_difference=model_args.tversky_difference,
         tau=model_args.tau,
         loss_lambda=model_args.loss_lambda,
         text_pooling=model_args.text_pooling,
@@ -357,7 +514,10 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer)
         model = ConvirtModel.from_pretrained_towers(
             image=model_args.image_tower,
             text=model_args.text_tower,
-            image_model_name=model_args.image_model_name if model_args.image_tower is None else None,
+            # a weights file carries no architecture: --image_model_name names it (a timm tag or folder says its own)
+            image_model_name=(model_args.image_model_name
+                              if model_args.image_tower is None or Path(model_args.image_tower).expanduser().is_file()
+                              else None),
             **config_fields,
         )
     eval_resize = data_args.eval_resize or round(data_args.image_size * 8 / 7)
@@ -368,8 +528,14 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer)
 def build_dataloaders(train_records, validation_records, processor, data_args, args):
     eval_resize = data_args.eval_resize or round(data_args.image_size * 8 / 7)
     collator = ConvirtCollator(processor.tokenizer, max_length=data_args.max_length)
-    train_transform = ConvirtTrainTransform(output_size=data_args.image_size,
-                                            ranges=AUGMENTATION_PRESETS[data_args.augmentation])
+    if data_args.gpu_augmentation:  # the workers only decode; DeviceAugmentation makes the views in the loop
+        train_transform = DecodedImage()
+    else:
+        train_transform = ConvirtTrainTransform(output_size=data_args.image_size,
+                                                ranges=AUGMENTATION_PRESETS[data_args.augmentation])
+    # raw images: zero-padded into one batch with their true sizes, for BatchedAugmentation
+    train_collator = ConvirtCollator(processor.tokenizer, max_length=data_args.max_length,
+                                     raw_images=data_args.gpu_augmentation)
     train_views = PairViews(train_records, train_transform, args.seed, data_args.text_mode)
     validation_views = PairViews(
         validation_records, ConvirtEvalTransform(resize=eval_resize, crop=data_args.image_size), args.seed,
@@ -387,7 +553,7 @@ def build_dataloaders(train_records, validation_records, processor, data_args, a
     # Own generators: creating an iterator otherwise draws a seed from the global RNG, and a run resumed mid-epoch
     # (one extra iterator) would then see different dropout masks from an uninterrupted one.
     train_loader = DataLoader(train_views, sampler=train_sampler, generator=torch.Generator().manual_seed(args.seed),
-                              **loader_kwargs)
+                              **{**loader_kwargs, "collate_fn": train_collator})
     validation_loader = DataLoader(
         validation_views, sampler=EpochShuffleSampler(len(validation_views), seed=args.seed, shuffle=False),
         generator=torch.Generator().manual_seed(args.seed), **loader_kwargs,
@@ -413,6 +579,28 @@ def run_signature(model_args, data_args, args) -> dict:
         "image_size": data_args.image_size,
         "max_train_samples": data_args.max_train_samples,
     }
+
+
+class DeviceAugmentation:
+    """
+    --gpu_augmentation: the training views of a raw batch (zero-padded decoded images and their `sizes`) made on the
+    training device by `BatchedAugmentation`, with the --augmentation preset's ranges (those of the CPU path's
+    `ConvirtTrainTransform`). One device generator, re-seeded for every micro-batch from (seed, epoch, micro-batch
+    index within the epoch, process index) only: no global random state, so a resumed run, which restores the data
+    position, draws exactly the views of an uninterrupted one.
+    """
+
+    def __init__(self, data_args, args, accelerator):
+        self.augment = BatchedAugmentation(output_size=data_args.image_size,
+                                           ranges=AUGMENTATION_PRESETS[data_args.augmentation],
+                                           channels_last=args.channels_last)
+        self.generator = torch.Generator(device=accelerator.device)
+        self.seed, self.process_index = args.seed, accelerator.process_index
+
+    def __call__(self, batch: dict, epoch: int, batch_index: int) -> dict:
+        self.generator.manual_seed(batch_seed(self.seed, epoch, batch_index, self.process_index))
+        batch["pixel_values"] = self.augment(batch["pixel_values"], sizes=batch.pop("sizes"), generator=self.generator)
+        return batch
 
 
 # --- phases ------------------------------------------------------------------------------------------------------
@@ -444,12 +632,31 @@ def validation_loss(model, loader, loss_fn, accelerator, channels_last: bool) ->
 def save_best_model(accelerator, model, output_dir: Path) -> None:
     """Keeps the lowest-validation-loss weights as a loadable folder (written aside, then renamed)."""
     state_dict = accelerator.get_state_dict(model)
+    best, temporary = output_dir / "best_model", output_dir / ".incomplete-best_model"
+    failure = None
     if accelerator.is_main_process:
-        best, temporary = output_dir / "best_model", output_dir / ".incomplete-best_model"
         shutil.rmtree(temporary, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(temporary, state_dict=state_dict, safe_serialization=True)
-        shutil.rmtree(best, ignore_errors=True)
+        try:
+            accelerator.unwrap_model(model).save_pretrained(temporary, state_dict=state_dict, safe_serialization=True)
+        except WRITE_ERRORS as error:
+            failure = error
+            shutil.rmtree(temporary, ignore_errors=True)
+    if any_process_failed(accelerator, failure is not None):
+        last_good = latest_checkpoint(output_dir / "checkpoints")
+        raise CheckpointWriteError(
+            f"Could not write the best model to {best} ({failure or 'failed on the main process'}). "
+            + ("The previous best model there is intact. " if best.is_dir() else "")
+            + f"The last checkpoint is {last_good or 'none yet'}: free space (or fix the storage) and resume with "
+            "--resume latest."
+        ) from failure
+    if accelerator.is_main_process:
+        # swap: the old best stays complete until the new one is in place
+        old = output_dir / ".incomplete-replaced-best_model"
+        shutil.rmtree(old, ignore_errors=True)
+        if best.exists():
+            os.replace(best, old)
         os.replace(temporary, best)
+        shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
@@ -467,6 +674,7 @@ def train(model, optimizer, loss_fn, train_loader, train_sampler, validation_loa
     progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc="pretraining", dynamic_ncols=True)
     window_start, window_samples = time.perf_counter(), 0
+    device_augmentation = DeviceAugmentation(data_args, args, accelerator) if data_args.gpu_augmentation else None
     stop = False
     while not stop:
         train_sampler.use_epoch(state.epoch)
@@ -476,6 +684,9 @@ def train(model, optimizer, loss_fn, train_loader, train_sampler, validation_loa
         for batch in loader:
             lr = controller.apply(optimizer, state.step)
             ids = batch.pop("id", None)
+            if device_augmentation is not None:  # the views, made on the device (the check below sees them)
+                batch = device_augmentation(move_batch(batch, accelerator.device, channels_last=False), state.epoch,
+                                            state.batches_in_epoch)
             # Checked before the forward pass: a NaN image would otherwise poison BatchNorm running statistics
             # before any loss could be looked at.
             bad_pixels = torch.tensor(float(not torch.isfinite(batch["pixel_values"]).all()), device=accelerator.device)
@@ -608,14 +819,25 @@ def export_final_model(accelerator, model, processor, retrieval, state, model_ar
         }
         metrics["retrieval_table"] = format_precision_table(results)
         metrics["retrieval_chance"] = retrieval.chance_rate()
+    failure = None
     if accelerator.is_main_process:
-        final_model.save_pretrained(output_dir, safe_serialization=True)
-        processor.save_pretrained(output_dir)
-        arguments = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
-                     "training": {k: v for k, v in dataclasses.asdict(args).items()}}
-        (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2))
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        write_model_card(output_dir, final_model.config, arguments, metrics)
+        try:
+            final_model.save_pretrained(output_dir, safe_serialization=True)
+            processor.save_pretrained(output_dir)
+            arguments = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
+                         "training": {k: v for k, v in dataclasses.asdict(args).items()}}
+            (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2))
+            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            write_model_card(output_dir, final_model.config, arguments, metrics)
+        except WRITE_ERRORS as error:
+            failure = error
+    if any_process_failed(accelerator, failure is not None):
+        last_good = latest_checkpoint(output_dir / "checkpoints")
+        raise CheckpointWriteError(
+            f"Training finished but the final model could not be written to {output_dir} "
+            f"({failure or 'failed on the main process'}). The last checkpoint {last_good} is intact: free space "
+            "and run the same command with --resume latest to write it again."
+        ) from failure
     accelerator.wait_for_everyone()
     return metrics
 
@@ -639,13 +861,101 @@ def summary_paragraph(metrics: dict, output_dir: Path) -> str:
     return text + f" The model, processor, code and card are in {output_dir}."
 
 
+def check_towers(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """
+    Checks a pretrained text tower before anything is written: its configuration loads (from a folder, the Hub or
+    the Hub cache), it is a BERT, it has the layers --frozen_text_layers freezes and the positions --max_length needs.
+    """
+    if model_args.text_tower is None:
+        return
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_args.text_tower)
+    except Exception as error:  # OSError offline or for a missing repo, ValueError for an unknown model type, ...
+        raise ValueError(f"--text_tower {model_args.text_tower!r}: its configuration cannot be loaded ({error})") from error
+    if config.model_type != "bert":
+        raise ValueError(f"--text_tower {model_args.text_tower!r} is a {config.model_type!r} model, not a BERT-family "
+                         "model (model_type 'bert')")
+    if model_args.frozen_text_layers > config.num_hidden_layers:
+        raise ValueError(f"--frozen_text_layers ({model_args.frozen_text_layers}) exceeds the "
+                         f"{config.num_hidden_layers} layers of --text_tower {model_args.text_tower!r}")
+    if data_args.max_length > config.max_position_embeddings:
+        raise ValueError(f"--max_length ({data_args.max_length}) exceeds the {config.max_position_embeddings} positions "
+                         f"of --text_tower {model_args.text_tower!r}")
+
+
+class ProcessGroupError(RuntimeError):
+    """Communication with the other processes failed: one of them crashed, was killed or hangs."""
+
+
+_COLLECTIVE_FAILURE_MARKERS = ("timed out", "connection reset", "connection closed", "broken pipe", "gloo", "nccl",
+                               "socket")
+
+
+def collective_failure(error: BaseException, accelerator, args, output_dir: Path) -> ProcessGroupError | None:
+    """The clear error to raise instead of `error` when it comes from a collective operation of a multi-process run."""
+    if accelerator.num_processes == 1 or not isinstance(error, RuntimeError):
+        return None
+    distributed_error = getattr(torch.distributed, "DistError", ())
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if not (isinstance(error, distributed_error) or any(m in message.lower() for m in _COLLECTIVE_FAILURE_MARKERS)):
+        return None
+    last_good = latest_checkpoint(output_dir / "checkpoints")
+    return ProcessGroupError(
+        f"Process {accelerator.process_index} of {accelerator.num_processes}: communication with the other processes "
+        f"failed ({message}). Another process crashed, was killed or hangs (a process waits at most --ddp_timeout "
+        f"{args.ddp_timeout} s). The last complete checkpoint is {last_good or 'none yet'}; restart every process "
+        "with --resume latest."
+    )
+
+
+def truncate_log(output_dir: Path, step: int) -> int:
+    """Drops train_log.jsonl rows after `step` (written by a run that died before its next checkpoint)."""
+    path = output_dir / "train_log.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row_step = json.loads(line).get("step", 0)
+        except ValueError:  # a line torn by the crash
+            continue
+        if row_step <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        temporary = path.with_name(f".{path.name}.incomplete")
+        temporary.write_text("".join(line + "\n" for line in kept))
+        os.replace(temporary, path)
+    return len(lines) - len(kept)
+
+
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, args, preset = parse_arguments(
         (ModelArguments, DataArguments, PretrainingArguments), argv, description=__doc__
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_towers(model_args, data_args)
     output_dir = prepare_output_dir(args)
+    if args.push_to_hub:
+        from convirt_hf.hub import check_push_ready
+
+        try:  # the repo id and a token, before hours of training
+            check_push_ready(args.push_to_hub)
+        except ValueError as error:
+            raise type(error)(f"--push_to_hub {args.push_to_hub!r}: {error}") from error
     accelerator = build_accelerator(args, output_dir)
+    try:
+        return run(accelerator, model_args, data_args, args, preset, output_dir)
+    except RuntimeError as error:
+        translated = collective_failure(error, accelerator, args, output_dir)
+        if translated is None:
+            raise
+        raise translated from error
+
+
+def run(accelerator, model_args, data_args, args, preset, output_dir: Path) -> dict:
     if args.overwrite_output_dir and args.resume is None and accelerator.is_main_process and output_dir.exists():
         shutil.rmtree(output_dir)
     if accelerator.is_main_process:
@@ -687,6 +997,7 @@ def main(argv: list[str] | None = None) -> dict:
                           world_size=accelerator.num_processes)
 
     state = TrainState(run_signature=run_signature(model_args, data_args, args))
+    tracker_options = {}
     if args.resume is not None:
         checkpoint = latest_checkpoint(output_dir / "checkpoints") if args.resume == "latest" else Path(args.resume)
         if checkpoint is None:
@@ -701,11 +1012,22 @@ def main(argv: list[str] | None = None) -> dict:
         state = TrainState(**{**saved, "lr": {}})
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, state.step, state.epoch,
                     state.batches_in_epoch)
+        if accelerator.is_main_process:
+            for leftover in (".incomplete-best_model", ".incomplete-replaced-best_model"):  # torn by the crash
+                shutil.rmtree(output_dir / leftover, ignore_errors=True)
+            dropped = truncate_log(output_dir, state.step)
+            if dropped:
+                logger.info("dropped %d train_log.jsonl rows after step %d: those steps are trained again", dropped,
+                            state.step)
+        # tensorboard hides the events the interrupted run wrote after the checkpoint, instead of showing them twice
+        tracker_options = {"tensorboard": {"purge_step": state.step + 1}}
+        accelerator.wait_for_everyone()
 
     if accelerator.is_main_process:
         hyperparameters = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
         accelerator.init_trackers("convirt", config={k: v for k, v in hyperparameters.items()
-                                                     if isinstance(v, (int, float, str, bool))})
+                                                     if isinstance(v, (int, float, str, bool))},
+                                  init_kwargs=tracker_options)
     if state.step < args.max_steps:
         state = train(model, optimizer, loss_fn, train_loader, train_sampler, validation_loader, retrieval, processor,
                       controller, state, accelerator, args, data_args, output_dir)
@@ -724,7 +1046,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli() -> None:
-    run_cli(main, "convirt_hf.pretrain", (NonFiniteTrainingError, CheckpointWriteError))
+    run_cli(main, "convirt_hf.pretrain",
+            (NonFiniteTrainingError, CheckpointWriteError, CheckpointReadError, ProcessGroupError))
 
 
 if __name__ == "__main__":

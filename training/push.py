@@ -20,11 +20,12 @@ anything is built and is never printed.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convirt_hf.cli import parse_arguments, run_cli
+from convirt_hf.cli import argument_errors, check_folder_path, parse_arguments, run_cli
 from convirt_hf.hub import (
     build_publish_folder,
     build_timm_folder,
@@ -35,8 +36,13 @@ from convirt_hf.hub import (
     push,
     resolve_token,
 )
+from convirt_hf.model_card import read_evaluation_file, select_model
 
 logger = logging.getLogger("convirt_hf.push")
+
+# The shape of the Hub's license identifiers (apache-2.0, cc-by-nc-4.0, openrail++, other): a value of any other shape
+# is none of them, and the Hub would refuse the card's metadata only once the upload is under way.
+LICENSE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 
 
 @dataclass
@@ -64,15 +70,56 @@ class PushArguments:
     commit_message: str = "Upload ConVIRT model"
 
     def __post_init__(self):
-        check_repo_id(self.repo_id)
+        # Every check that can fail runs here, before the token is looked up or anything is built or sent.
+        with argument_errors("model_dir"):
+            check_trained_folder(self.model_dir)
+        with argument_errors("repo_id"):
+            check_repo_id(self.repo_id)
         if self.timm_repo_id is not None:
-            check_repo_id(self.timm_repo_id)
+            with argument_errors("timm_repo_id"):
+                check_repo_id(self.timm_repo_id)
             if self.timm_repo_id == self.repo_id:
                 raise ValueError("--timm_repo_id must differ from --repo_id: a timm encoder needs a repo of its own")
         check_revision(self.revision)
+        if self.license is not None and not LICENSE_PATTERN.match(self.license):
+            raise ValueError(f"--license {self.license!r} is not a Hub license identifier (e.g. apache-2.0, mit, "
+                             "cc-by-4.0 or other; see https://huggingface.co/docs/hub/repositories-licenses)")
+        if not self.commit_message.strip():
+            raise ValueError("--commit_message must not be empty")
         for path in self.evaluation:
             if not Path(path).expanduser().is_file():
                 raise FileNotFoundError(f"--evaluation {path} does not exist")
+        with argument_errors("evaluation"):
+            evaluations = [read_evaluation_file(path) for path in self.evaluation]
+        if self.evaluation_model is not None and not self.evaluation:
+            raise ValueError("--evaluation_model only applies with --evaluation")
+        for evaluation in evaluations:  # the card must be able to tell the model's rows from its baselines'
+            with argument_errors("evaluation_model" if self.evaluation_model is not None else "evaluation"):
+                select_model(evaluation, self.model_dir, self.evaluation_model)
+        self._check_build_dir()
+
+    def _check_build_dir(self) -> None:
+        """An earlier build is only replaced with --overwrite, and a build never replaces the model folder."""
+        if self.build_dir is None and not self.dry_run:
+            return  # a temporary folder
+        build_root = Path(self.build_dir).expanduser() if self.build_dir is not None else default_build_dir(self)
+        name = "build_dir" if self.build_dir is not None else "build_dir (default <model_dir>-hub)"
+        check_folder_path("build_dir", build_root)
+        model_dir = Path(self.model_dir).expanduser().resolve()
+        for part in ("model", "timm") if self.timm_repo_id is not None else ("model",):
+            folder = build_root / part
+            # a rebuild replaces the folder as a whole: it must never be, or hold, the model folder itself
+            if folder.resolve() == model_dir or folder.resolve() in model_dir.parents:
+                raise ValueError(f"--{name} {build_root}: its {part} folder would contain the model folder "
+                                 f"{self.model_dir}; choose another")
+            if folder.is_dir() and any(folder.iterdir()) and not self.overwrite:
+                raise FileExistsError(f"--{name} {build_root} holds an earlier build ({folder}): pass --overwrite to "
+                                      "rebuild it")
+
+
+def default_build_dir(args: PushArguments) -> Path:
+    """Where a dry run builds without --build_dir: beside the model folder, so that it is easy to find."""
+    return Path(f"{Path(args.model_dir).expanduser().resolve()}-hub")
 
 
 def print_plan(result: dict) -> None:
@@ -109,15 +156,14 @@ def main(argv: list[str] | None = None, api=None) -> dict:
     """Runs the CLI on `argv`; `api` replaces `huggingface_hub.HfApi()` (tests pass a fake). Returns the push plans."""
     (args, _preset) = parse_arguments((PushArguments,), argv, description=__doc__)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    # Every check that can fail runs before anything is built or sent.
-    check_trained_folder(args.model_dir)
+    # The arguments were checked as they were parsed; the token is the last thing that can fail before the build.
     if not args.dry_run:
         resolve_token(api)
     if args.build_dir is not None:
         build_root = Path(args.build_dir).expanduser()
         results = publish(args, build_root, api)
     elif args.dry_run:
-        build_root = Path(f"{Path(args.model_dir).expanduser().resolve()}-hub")
+        build_root = default_build_dir(args)
         results = publish(args, build_root, api)
     else:
         with tempfile.TemporaryDirectory(prefix="convirt-push-") as temporary:

@@ -29,7 +29,19 @@ from pathlib import Path
 
 import torch
 
-from convirt_hf.cli import parse_arguments, positive, run_cli
+from convirt_hf.cli import (
+    argument_errors,
+    check_existing_file,
+    check_existing_folder,
+    check_folder_path,
+    check_output_file,
+    check_synthetic_corpus_arguments,
+    parse_arguments,
+    positive,
+    run_cli,
+)
+from convirt_hf.evaluation.chexpert import load_text_queries
+from convirt_hf.evaluation.corpora import saved_splits
 from convirt_hf.evaluation.encoders import is_convirt_folder
 from convirt_hf.evaluation.retrieval import DEFAULT_KS, format_precision_table
 from convirt_hf.evaluation.tasks import parse_task
@@ -37,6 +49,8 @@ from convirt_hf.evaluation.tasks import parse_task
 logger = logging.getLogger("convirt_hf.retrieval")
 
 DIRECTIONS = ("image->image", "text->image")
+RETRIEVAL_SPLITS = ("retrieval_candidates", "retrieval_queries")
+EMBEDDING_MAP_METHODS = ("tsne", "umap")
 
 
 @dataclass
@@ -92,9 +106,13 @@ class RetrievalArguments:
                                                      "--retrieval_set_output"})
 
     def __post_init__(self):
+        # Every check runs here, before a CheXpert set is built, the synthetic corpus generated or a model loaded.
         positive("batch_size", self.batch_size)
         positive("candidates_per_category", self.candidates_per_category)
         positive("queries_per_category", self.queries_per_category)
+        # numpy's generators (CheXpert sampling) and scikit-learn's random_state (the map's layout) refuse negatives
+        positive("chexpert_seed", self.chexpert_seed, allow_zero=True)
+        positive("seed", self.seed, allow_zero=True)
         if not self.models:
             raise ValueError("--models needs at least one ConVIRT model folder")
         for model in self.models:
@@ -106,6 +124,10 @@ class RetrievalArguments:
         if not self.ks or any(k <= 0 for k in self.ks):
             raise ValueError(f"--ks must be positive integers, got {self.ks}")
         self.ks = list(dict.fromkeys(int(k) for k in self.ks))
+        if self.device is not None:
+            check_device(self.device)
+        check_synthetic_corpus_arguments(self.cache_dir, self.synthetic_seed, self.synthetic_pretrain_size,
+                                         uses_synthetic_corpus=not self.chexpert_csv and self.retrieval_set is None)
         if self.chexpert_csv:
             if self.retrieval_set is not None:
                 raise ValueError("--chexpert_csv builds the retrieval set: do not pass --retrieval_set too")
@@ -116,24 +138,24 @@ class RetrievalArguments:
                     raise ValueError(f"--chexpert_csv {path}: no such file")
             if self.chexpert_root is not None and not Path(self.chexpert_root).expanduser().is_dir():
                 raise ValueError(f"--chexpert_root {self.chexpert_root}: no such folder")
+            check_folder_path("retrieval_set_output", self.retrieval_set_output)
             output = Path(self.retrieval_set_output).expanduser()
-            if output.exists() and (not output.is_dir() or any(output.iterdir())) and not self.overwrite:
+            if output.is_dir() and any(output.iterdir()) and not self.overwrite:
                 raise ValueError(f"--retrieval_set_output {self.retrieval_set_output} exists: pass --overwrite to "
                                  "replace it")
         else:
-            for name in ("chexpert_root", "retrieval_set_output"):
-                if getattr(self, name) is not None:
+            # CheXpert's options would be ignored without a word: refuse them, as a typo'd command most likely means
+            for name in ("chexpert_root", "retrieval_set_output", "include_lateral", "exclude_other_findings"):
+                if getattr(self, name) not in (None, False):
                     raise ValueError(f"--{name} only applies with --chexpert_csv")
-            if self.retrieval_set is not None and not Path(self.retrieval_set).expanduser().is_dir():
-                raise ValueError(f"--retrieval_set {self.retrieval_set}: no such folder")
-        for name in ("text_queries", "prompts"):
-            value = getattr(self, name)
-            if value is not None and not Path(value).expanduser().is_file():
-                raise ValueError(f"--{name} {value}: no such file")
-        if self.zero_shot_dataset is not None and not Path(self.zero_shot_dataset).expanduser().is_dir():
-            raise ValueError(f"--zero_shot_dataset {self.zero_shot_dataset}: no such folder")
-        self.parsed_tasks = [parse_task(spec) for spec in self.zero_shot_tasks] if self.zero_shot else []
-        unknown = [m for m in self.embedding_map_methods if m not in ("tsne", "umap")]
+            if self.retrieval_set is not None:
+                check_retrieval_set(self.retrieval_set)
+        if self.text_queries is not None:
+            check_existing_file("text_queries", self.text_queries)
+            with argument_errors("text_queries"):
+                load_text_queries(self.text_queries)
+        self._check_zero_shot()
+        unknown = [m for m in self.embedding_map_methods if m not in EMBEDDING_MAP_METHODS]
         if unknown or not self.embedding_map_methods:
             raise ValueError(f"--embedding_map_methods must be among tsne, umap, got {self.embedding_map_methods}")
         if self.embedding_map is not None:
@@ -143,10 +165,95 @@ class RetrievalArguments:
             if not self.embedding_map.lower().endswith(".png"):
                 raise ValueError(f"--embedding_map must be a .png path, got {self.embedding_map!r}")
             for path in embedding_map_paths(self.embedding_map, self.models).values():
-                if path.exists() and not self.overwrite:
-                    raise ValueError(f"--embedding_map {path} exists: pass --overwrite to replace it")
-        if Path(self.output).exists() and not self.overwrite:
-            raise ValueError(f"--output {self.output} exists: pass --overwrite to replace it")
+                check_output_file("embedding_map", path, self.overwrite)
+        check_output_file("output", self.output, self.overwrite)
+
+    def _check_zero_shot(self) -> None:
+        """The zero-shot options: the split to classify exists, and every class of every task has prompts."""
+        self.parsed_tasks = []
+        if not self.zero_shot:
+            for name in ("zero_shot_dataset", "prompts"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"--{name} only applies with --zero_shot")
+            return
+        if self.prompts is not None:
+            check_existing_file("prompts", self.prompts)
+            with argument_errors("prompts"):
+                load_text_queries(self.prompts)
+        if not self.zero_shot_tasks:
+            raise ValueError("--zero_shot_tasks needs at least one task")
+        with argument_errors("zero_shot_tasks"):
+            self.parsed_tasks = [parse_task(spec) for spec in self.zero_shot_tasks]
+        # The split names of what main() classifies, read without loading it (nor building or generating it).
+        from convirt_hf.data.synthetic import SPLITS
+
+        if self.zero_shot_dataset is not None:
+            check_existing_folder("zero_shot_dataset", self.zero_shot_dataset)
+            splits, where = saved_splits(self.zero_shot_dataset), self.zero_shot_dataset
+            if splits is None:
+                raise ValueError(f"--zero_shot_dataset {self.zero_shot_dataset} is not a saved DatasetDict (no "
+                                 "dataset_dict.json)")
+        elif self.chexpert_csv:
+            splits, where = list(RETRIEVAL_SPLITS), "the CheXpert retrieval set"
+        elif self.retrieval_set is not None:
+            splits, where = saved_splits(self.retrieval_set), self.retrieval_set
+        else:
+            splits, where = list(SPLITS), "the synthetic corpus"
+        if self.zero_shot_split not in splits:
+            raise ValueError(f"--zero_shot_split {self.zero_shot_split!r} is not a split of {where} (splits: "
+                             f"{splits}); pass --zero_shot_dataset with a labelled split")
+        prompts = self._zero_shot_prompts()
+        for task in self.parsed_tasks:
+            missing = [name for name in task.classes if name not in prompts]
+            if missing:
+                raise ValueError(f"--zero_shot_tasks {task.name}: no prompts for {missing} "
+                                 f"(prompt classes: {list(prompts)}); pass --prompts")
+
+    def _zero_shot_prompts(self) -> dict:
+        """The prompts main() will classify with: --prompts, else the retrieval set's text queries."""
+        from convirt_hf.data.synthetic import TEXT_QUERIES
+        from convirt_hf.evaluation.chexpert import CHEXPERT_TEXT_QUERIES
+
+        if self.prompts is not None:
+            return load_text_queries(self.prompts)
+        if self.text_queries is not None:  # they replace the set's own
+            return load_text_queries(self.text_queries)
+        if self.chexpert_csv:
+            return CHEXPERT_TEXT_QUERIES
+        if self.retrieval_set is not None:
+            return json.loads((Path(self.retrieval_set).expanduser() / "text_queries.json").read_text())
+        return TEXT_QUERIES
+
+
+def check_device(device: str) -> None:
+    """A device this machine has, so that a typo or a missing GPU fails before any model is loaded."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"--device {device!r} is not a torch device: expected cpu, cuda, cuda:<index> or mps "
+                         f"({error})") from error
+    if parsed.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= available:
+            raise ValueError(f"--device {device}: this machine has {available} CUDA device(s)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: MPS is not available on this machine")
+    elif parsed.type != "cpu":
+        raise ValueError(f"--device {device!r}: expected cpu, cuda, cuda:<index> or mps")
+
+
+def check_retrieval_set(folder: str) -> None:
+    """What `load_retrieval_set` needs, checked without loading: the two retrieval splits and text_queries.json."""
+    path = check_existing_folder("retrieval_set", folder)
+    splits = saved_splits(path) or []
+    missing = [split for split in RETRIEVAL_SPLITS if split not in splits]
+    if not (path / "text_queries.json").is_file():
+        missing.append("text_queries.json")
+    if missing:
+        raise ValueError(f"--retrieval_set {folder} is not a retrieval set (missing {missing}): it needs the splits "
+                         f"{list(RETRIEVAL_SPLITS)} and a text_queries.json, as the synthetic corpus and "
+                         "--chexpert_csv's sets have")
 
 
 def embedding_map_paths(path: str, models: list[str]) -> dict[str, Path]:
@@ -207,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args, _preset) = parse_arguments((RetrievalArguments,), argv, description=__doc__)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     from convirt_hf import ConvirtModel, ConvirtProcessor
-    from convirt_hf.evaluation.chexpert import build_chexpert_retrieval_set, load_text_queries
+    from convirt_hf.evaluation.chexpert import build_chexpert_retrieval_set
     from convirt_hf.evaluation.corpora import corpus_folder
     from convirt_hf.evaluation.linear_probe import summarise_runs
     from convirt_hf.evaluation.reporting import write_results

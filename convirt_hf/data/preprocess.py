@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -36,12 +37,15 @@ from .records import RECORD_COLUMNS
 from .skips import DEFAULT_MAX_LOGGED_PER_REASON, BadInputError
 from .sources import (
     DEFAULT_WRITER_BATCH_SIZE,
+    KIND_OPTIONS,
     KINDS,
     PairLedger,
     ShardProgress,
     datasets_progress_bars,
     build_dataset,
+    detect_kind,
     load_pairs,
+    looks_like_local_path,
     write_ledger_file,
 )
 
@@ -378,17 +382,122 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The options of the built-in corpora and Hub datasets (see KIND_OPTIONS), by command-line flag.
+KIND_OPTION_FLAGS = {"config_name": "--config-name", "revision": "--revision", "data_dir": "--data-dir",
+                     "reports_root": "--reports-root", "image_root": "--image-root", "labels": "--labels",
+                     "labels_file": "--labels-file", "uncertain": "--uncertain"}
+LOCAL_PATH_OPTIONS = {"reports_root": ("--reports-root", "folder"), "image_root": ("--image-root", "folder"),
+                      "labels_file": ("--labels-file", "file")}
+
+
+def _positive(flag: str, value: int | None, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 if allow_zero else value <= 0):
+        raise ValueError(f"{flag} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """
+    Refuses, naming the flag, the values that preprocessing would refuse only once under way (or would ignore
+    without a word). Nothing is read but the source's folder listing; column names are checked by `load_pairs`
+    against the source's header, before any row is read.
+    """
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    from .mimic_cxr import LABEL_TABLES
+
+    _positive("--size", args.size)
+    _positive("--max-pixels", args.max_pixels)
+    _positive("--num-proc", args.num_proc)
+    _positive("--min-tokens", args.min_tokens, allow_zero=True)
+    try:
+        shard_size = convert_file_size_to_int(args.max_shard_size)
+    except (ValueError, TypeError):
+        shard_size = None
+    if not shard_size or shard_size <= 0:
+        raise ValueError(f"--max-shard-size {args.max_shard_size!r} is not a size: expected a number with a unit, "
+                         "e.g. 500MB or 2GB")
+    names = []
+    for item in (item for group in args.split or () for item in group):
+        name, _, source = item.partition("=")
+        if not name.strip() or not (source or name).strip():
+            raise ValueError(f"--split {item!r}: expected NAME or OUTPUT=SOURCE with non-empty names")
+        names.append(name.strip())
+    if len(set(names)) != len(names):
+        raise ValueError(f"--split names an output split twice: {names}")
+    if args.views is not None and not all(view.strip() for view in args.views):
+        raise ValueError(f"--views must be view names such as PA AP, got {args.views}")
+    if args.labels is not None and args.labels.lower() not in ("none", *LABEL_TABLES):
+        raise ValueError(f"--labels must be one of {sorted(LABEL_TABLES)} or none, got {args.labels!r}")
+
+    output = Path(args.output).expanduser()
+    existing = next((path for path in (output, *output.parents) if path.exists()), None)
+    if existing == output and not output.is_dir():
+        raise ValueError(f"--output {args.output} is a file: expected a folder to create")
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"--output {args.output}: {existing} is a file, so no folder can be created there")
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"--output {args.output} already exists; pass --overwrite to replace it")
+
+    # A missing local path is never taken for a Hub id (see looks_like_local_path).
+    if not Path(args.source).expanduser().exists() and (args.kind not in ("auto", "hub")
+                                                        or looks_like_local_path(args.source)):
+        raise FileNotFoundError(f"--source {args.source}: no such file or folder")
+    kind = args.kind
+    if kind == "auto":
+        try:
+            kind = detect_kind(args.source)
+        except (ValueError, FileNotFoundError) as error:
+            raise type(error)(f"--source: {error}") from error
+    for name, flag in KIND_OPTION_FLAGS.items():
+        if getattr(args, name) is not None and name not in KIND_OPTIONS[kind]:
+            accepting = [other for other, options in KIND_OPTIONS.items() if name in options]
+            raise ValueError(f"{flag} only applies to --kind {' or '.join(accepting)} (this source is {kind!r})")
+    for name, (flag, what) in LOCAL_PATH_OPTIONS.items():
+        value = getattr(args, name)
+        path = Path(value).expanduser() if value is not None else None
+        if path is not None and not (path.is_dir() if what == "folder" else path.is_file()):
+            raise FileNotFoundError(f"{flag} {value}: no such {what}")
+    if kind == "openi" and args.views:
+        raise ValueError("--views: Open-i has no per-image view position, so every row would be dropped")
+
+
+def flags_named_in(message: str, parser: argparse.ArgumentParser) -> list[str]:
+    """
+    The flags of the `load_pairs` keyword arguments that `message` names as ``name=`` or ``name:``
+    (``text_column='report'``), when it does not name the flag itself: the library speaks of its parameters, while
+    the user typed flags.
+    """
+    flags = []
+    for action in parser._actions:
+        flag = max(action.option_strings, key=len, default=None)
+        if flag and flag not in message and re.search(rf"\b{re.escape(action.dest)}[=:]", message):
+            flags.append(flag)
+    return flags
+
+
+def report_error(error: Exception, parser: argparse.ArgumentParser) -> int:
+    """Prints a refusal as one line on stderr, with the flags it is about, and returns the exit status 2."""
+    flags = flags_named_in(str(error), parser)
+    print(f"error: {error}" + (f" (on the command line: {', '.join(flags)})" if flags else ""), file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    try:
+        check_arguments(args)
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        return report_error(error, parser)
     kwargs: dict[str, Any] = {
         "kind": args.kind, "views": args.views, "report_mode": args.report_mode, "min_tokens": args.min_tokens,
         "strict": args.strict, "max_pixels": args.max_pixels,
     }
     if args.split:
         kwargs["split"] = [item for group in args.split for item in group]
-    # Only what was given: a column option reaching a built-in corpus is refused there, not silently ignored.
+    # Only what was given, so that load_pairs can tell an option set on purpose from its default.
     given = {"image_column": args.image_column, "text_column": args.text_column, "label_columns": args.label_columns,
              "label_names_column": args.label_names_column, "id_column": args.id_column,
              "patient_column": args.patient_column, "study_column": args.study_column,
@@ -406,8 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: bad row in strict mode: {error}", file=sys.stderr)
         return 1
     except (FileExistsError, FileNotFoundError, ValueError, TypeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error, parser)
     summary = json.loads((output / SUMMARY_FILE).read_text())
     print(summary["summary"])
     if summary["skipped"] or summary["repaired"]:

@@ -449,7 +449,19 @@ def in_shard(index: int, shard: int, num_shards: int) -> bool:
 # --- reading tables ---------------------------------------------------------------------------------------------
 
 
+# The csv module refuses a cell longer than 131072 characters by default, and that error ends the whole read (the
+# reader cannot skip to the next row): a radiology report pasted with its history, or a manifest cell holding a whole
+# document, must reach the report filter like any other text instead.
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def _allow_long_csv_fields() -> None:
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+
+
 def _open_text(path: Path):
+    _allow_long_csv_fields()
     # surrogateescape: a stray cp1252 byte in one report must not make the whole file unreadable; fix_text repairs
     # (and counts) it per row.
     if path.name.lower().endswith(".gz"):

@@ -7,13 +7,15 @@ retrieval splits of the corpus it was pretrained on, never on its pretraining pa
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SYNTHETIC_CLASSIFICATION_SPLITS", "classification_splits", "corpus_folder"]
+__all__ = ["SYNTHETIC_CLASSIFICATION_SPLITS", "check_classification_splits", "classification_splits", "corpus_folder",
+           "saved_splits"]
 
 # The synthetic corpus's labelled splits, and what convirt_hf.data.preprocess names them.
 SYNTHETIC_CLASSIFICATION_SPLITS = {"train": "cls_train", "validation": "cls_val", "test": "cls_test"}
@@ -56,3 +58,47 @@ def classification_splits(folder: Path, names: dict[str, str | None] | None = No
         raise ValueError(f"{folder} has no split {missing} (splits: {list(corpus)}); name them with "
                          + ", ".join(f"--{role}_split" for role in missing))
     return {role: corpus[split] for role, split in chosen.items()}
+
+
+def saved_splits(folder: str | Path) -> list[str] | None:
+    """
+    The split names of a folder written by `DatasetDict.save_to_disk`, read from its `dataset_dict.json` without
+    loading any data; None when the folder holds no such index (a single `Dataset`, or no dataset at all).
+    """
+    index = Path(folder).expanduser() / "dataset_dict.json"
+    try:
+        splits = json.loads(index.read_text())["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [str(split) for split in splits] if isinstance(splits, list) else None
+
+
+def check_classification_splits(dataset: str | None, names: dict[str, str | None] | None = None,
+                                required: Sequence[str] = ("train", "validation", "test")) -> None:
+    """
+    Fails, naming the argument, when `classification_splits` would: `--dataset` is no saved `DatasetDict`, or a
+    `--<role>_split` (given, or the default) is not one of its splits. Reads only the split index, so that a script
+    refuses before generating the synthetic corpus (`dataset` None, whose splits are known) or loading anything.
+    """
+    from convirt_hf.data.synthetic import SPLITS
+
+    if dataset is None:
+        available, where = list(SPLITS), "the synthetic corpus"
+    else:
+        folder = Path(dataset).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--dataset {dataset}: no such folder")
+        available, where = saved_splits(folder), str(dataset)
+        if available is None:
+            raise ValueError(f"--dataset {dataset} is not a saved DatasetDict (no dataset_dict.json, which "
+                             f"DatasetDict.save_to_disk writes); the evaluation needs {list(required)} splits")
+    defaults = (SYNTHETIC_CLASSIFICATION_SPLITS if SYNTHETIC_CLASSIFICATION_SPLITS["train"] in available
+                else PREPROCESSED_CLASSIFICATION_SPLITS)
+    for role in required:
+        given = (names or {}).get(role)
+        split = given or defaults[role]
+        if split in available:
+            continue
+        if given:
+            raise ValueError(f"--{role}_split {given!r} is not a split of {where} (splits: {available})")
+        raise ValueError(f"{where} has no {role} split {split!r} (splits: {available}); name it with --{role}_split")

@@ -27,7 +27,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageEncoder", "load_image_encoder", "is_convirt_folder"]
+__all__ = ["ImageEncoder", "check_image_encoder_spec", "load_image_encoder", "is_convirt_folder"]
 
 RANDOM_PREFIX = "random:"
 DEFAULT_ARCHITECTURE = "resnet50"
@@ -100,6 +100,49 @@ def _from_checkpoint(path: Path, architecture: str) -> ImageEncoder:
     return ImageEncoder(tower, tower.num_features, _timm_input_size(tower), str(path), "timm")
 
 
+def check_image_encoder_spec(spec: str | Path, architecture: str | None = None) -> str:
+    """
+    What an encoder spec names, checked without building a model or downloading weights, so that a script can refuse
+    a bad spec before any work: `"random"`, `"convirt"`, `"timm_folder"`, `"checkpoint"` or `"timm"`.
+
+    Raises:
+        `FileNotFoundError` for a path that does not exist or a folder that holds no model; `ValueError` for an
+        unknown architecture or a spec that is none of the above (the errors [`load_image_encoder`] would raise).
+    """
+    import timm
+
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if spec.startswith(RANDOM_PREFIX):
+        name = spec[len(RANDOM_PREFIX) :] or architecture or DEFAULT_ARCHITECTURE
+        if not timm.is_model(name):
+            raise ValueError(f"random:{name}: {name!r} is not a timm architecture")
+        return "random"
+    if path.is_dir():
+        if is_convirt_folder(path):
+            return "convirt"
+        if (path / "config.json").is_file():
+            return "timm_folder"
+        raise FileNotFoundError(f"{path} is neither a ConVIRT model folder nor a timm model folder (no config.json)")
+    if path.is_file():
+        name = architecture or DEFAULT_ARCHITECTURE
+        if not timm.is_model(name):
+            raise ValueError(f"checkpoint {spec}: architecture {name!r} is not a timm architecture")
+        return "checkpoint"
+    hub_or_local = spec.startswith(("hf-hub:", "local-dir:"))
+    # timm names hold no "/": such a spec is a path (outputs/convirt-demo before `make pretrain` has written it)
+    if spec.endswith(CHECKPOINT_SUFFIXES) or spec.startswith((".", "/", "~")) or ("/" in spec and not hub_or_local):
+        raise FileNotFoundError(f"image encoder {spec!r} does not exist")
+    if spec.startswith("local-dir:") and not Path(spec[len("local-dir:") :]).expanduser().is_dir():
+        raise FileNotFoundError(f"image encoder {spec!r}: no such folder")
+    if hub_or_local or timm.is_model(spec):
+        return "timm"
+    raise ValueError(
+        f"image encoder {spec!r}: expected a ConVIRT folder, 'random:<timm architecture>', a timm name with a "
+        "pretrained tag (e.g. 'resnet50.tv_in1k'), 'hf-hub:org/name', a timm folder or a checkpoint file"
+    )
+
+
 def load_image_encoder(
     spec: str | Path, architecture: str | None = None, seed: int = 0, image_size: int | None = None
 ) -> ImageEncoder:
@@ -117,30 +160,19 @@ def load_image_encoder(
         `FileNotFoundError` for a path that does not exist; `ValueError` for an unknown architecture or weights
         that do not fit it.
     """
-    import timm
-
     spec = str(spec)
     path = Path(spec).expanduser()
-    if spec.startswith(RANDOM_PREFIX):
+    kind = check_image_encoder_spec(spec, architecture)
+    if kind == "random":
         encoder = _random(spec[len(RANDOM_PREFIX) :] or architecture or DEFAULT_ARCHITECTURE, seed, image_size)
-    elif path.is_dir():
-        if is_convirt_folder(path):
-            encoder = _from_convirt_folder(path)
-        elif (path / "config.json").is_file():
-            encoder = _from_timm(f"local-dir:{path}", image_size)
-        else:
-            raise FileNotFoundError(f"{path} is neither a ConVIRT model folder nor a timm model folder (no config.json)")
-    elif path.is_file():
+    elif kind == "convirt":
+        encoder = _from_convirt_folder(path)
+    elif kind == "timm_folder":
+        encoder = _from_timm(f"local-dir:{path}", image_size)
+    elif kind == "checkpoint":
         encoder = _from_checkpoint(path, architecture or DEFAULT_ARCHITECTURE)
-    elif spec.endswith(CHECKPOINT_SUFFIXES) or spec.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"image encoder {spec!r} does not exist")
-    elif spec.startswith(("hf-hub:", "local-dir:")) or timm.is_model(spec):
-        encoder = _from_timm(spec, image_size)
     else:
-        raise ValueError(
-            f"image encoder {spec!r}: expected a ConVIRT folder, 'random:<timm architecture>', a timm name with a "
-            "pretrained tag (e.g. 'resnet50.tv_in1k'), 'hf-hub:org/name', a timm folder or a checkpoint file"
-        )
+        encoder = _from_timm(spec, image_size)
     if image_size is not None and encoder.kind != "convirt":
         encoder.image_size = int(image_size)
     encoder.model.eval()
