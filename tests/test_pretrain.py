@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_clean_python
+from helpers import run_clean_python, tiny_args
 from safetensors.torch import load_file
 
 from convirt_hf.checkpointing import latest_checkpoint
@@ -31,17 +31,6 @@ def corpus(tmp_path_factory) -> Path:
                                    num_cls_val=0, num_cls_test=0, retrieval_candidates_per_category=6,
                                    retrieval_queries_per_category=1)
     return generate_synthetic_corpus(tmp_path_factory.mktemp("corpus") / "synthetic", config)
-
-
-def tiny_args(corpus: Path, output_dir: Path, **overrides) -> list[str]:
-    values = {
-        "dataset": corpus, "retrieval_set": corpus, "output_dir": output_dir, "image_model_name": "test_resnet",
-        "text_layers": 1, "text_hidden_size": 32, "text_vocab_size": 300, "projection_dim": 32, "image_size": 32,
-        "per_device_batch_size": 8, "max_steps": 12, "eval_steps": 6, "save_steps": 4, "logging_steps": 1,
-        "report_to": "none", "learning_rate": 1e-3, "max_length": 32,
-    }
-    values.update(overrides)
-    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
 
 
 def read_log(output_dir: Path) -> list[dict]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from helpers import tiny_args  # noqa: F401  (the fault tests import it from here)
 from safetensors.torch import load_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -22,18 +23,6 @@ ZYGOTE = Path(__file__).resolve().parent / "zygote_server.py"
 
 # The crash tests' run: 16 steps, a checkpoint every 4, validation (and a best-model save) every 8.
 CRASH_RUN = dict(max_steps=16, save_steps=4, eval_steps=8, save_total_limit=2, retrieval_set="none")
-
-
-def tiny_args(corpus: Path, output_dir: Path, **overrides) -> list[str]:
-    """tests/test_pretrain.py's tiny settings: test_resnet, a 1-layer BERT, 32 px, batches of 8."""
-    values = {
-        "dataset": corpus, "retrieval_set": corpus, "output_dir": output_dir, "image_model_name": "test_resnet",
-        "text_layers": 1, "text_hidden_size": 32, "text_vocab_size": 300, "projection_dim": 32, "image_size": 32,
-        "per_device_batch_size": 8, "max_steps": 12, "eval_steps": 6, "save_steps": 4, "logging_steps": 1,
-        "report_to": "none", "learning_rate": 1e-3, "max_length": 32,
-    }
-    values.update(overrides)
-    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
 
 
 def read_log(output_dir: Path) -> list[dict]:
