@@ -417,7 +417,7 @@ def test_timm_folder_loads_with_local_dir_and_matches_the_image_tower(trained_di
     assert features.shape == (3, model.image_encoder.num_features)
     torch.testing.assert_close(features, tower, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(untrained, tower, atol=1e-3)  # the match comes from the weights, not the architecture
-    assert timm.data.resolve_data_config({}, model=encoder)["input_size"] == (3, 32, 32)
+    assert tuple(timm.data.resolve_data_config({}, model=encoder)["input_size"]) == (3, 32, 32)  # a list in timm 1.0.29
 
     card = ModelCard.load(folder / "README.md")
     assert card.data.library_name == "timm" and card.data.base_model == [REPO]
