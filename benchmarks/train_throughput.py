@@ -3,6 +3,7 @@
 
     python benchmarks/train_throughput.py                      # on the GPU: batch 256, 224 px, text length 64
     python benchmarks/train_throughput.py --smoke              # tiny, on the CPU, under a minute (a test runs it)
+    python benchmarks/train_throughput.py --cpu_demo           # the default run (make pretrain): s/step and its split
 
 Four measurements on the same device, in one process:
 
@@ -15,6 +16,12 @@ Four measurements on the same device, in one process:
     by default), decoding, augmenting (on the GPU with `--gpu_augmentation`), sampling and tokenising sentences with
     dynamic padding; samples/s from its own log after the warm-up steps;
 (d) ``convirt_inference``: image embeddings for retrieval from the same shards (decode, evaluation view, encoder).
+
+``--cpu_demo`` measures the default run instead (`make pretrain`: the demo recipe, on the CPU): the real training
+loop's seconds per step and CPU threads, and the split of a step into data (loading, decoding, sentence sampling,
+tokenising, augmentation), image tower (forward and backward, projection head included), text side (tower or
+frozen-feature cache, projection head, forward and backward), loss and optimizer, from the same components timed one
+phase at a time.
 
 For (a) and (b) it counts FLOPs per sample (`torch.utils.flop_counter`) and reports MFU against the device's measured
 bf16 matmul peak, and the peak memory. Results are printed as a table with ratios to (a) and written as JSON.
@@ -194,17 +201,17 @@ def bench_end_to_end(args, device, work_dir: Path) -> dict:
     ]
     if args.dataset:
         argv += ["--dataset", args.dataset]
+    # a from-scratch BERT of the measured shape: the step's cost without downloading a tower
     if args.smoke:
-        argv += ["--text_layers", "2", "--text_hidden_size", "32", "--text_vocab_size", "500"]
+        argv += ["--text_tower", "scratch", "--text_layers", "2", "--text_hidden_size", "32", "--text_vocab_size", "500"]
     else:
-        argv += ["--text_layers", "12", "--text_hidden_size", "768", "--text_vocab_size", "30522",
-                 "--frozen_text_layers", "6", "--freeze_text_embeddings", "true"]
+        argv += ["--text_tower", "scratch", "--text_layers", "12", "--text_hidden_size", "768", "--text_vocab_size",
+                 "30522", "--frozen_text_layers", "6", "--freeze_text_embeddings", "true"]
     if not args.no_channels_last:
         argv += ["--channels_last", "true"]
     if args.compile:
         argv += ["--torch_compile", "true"]
-    if args.gpu_augmentation:
-        argv += ["--gpu_augmentation", "true"]
+    argv += ["--gpu_augmentation", "true" if args.gpu_augmentation else "false"]
     argv += shlex.split(args.pretrain_args)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -271,6 +278,113 @@ def bench_inference(args, device, work_dir: Path) -> dict:
             "batch_size": batch}
 
 
+def _timed(device: torch.device, phase: str, totals: dict, started: float) -> float:
+    synchronize(device)
+    now = time.perf_counter()
+    totals[phase] = totals.get(phase, 0.0) + now - started
+    return now
+
+
+def bench_cpu_demo(args, work_dir: Path) -> dict:
+    """The default run's step, phase by phase: the same components as training/pretrain.py, timed one at a time."""
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+
+    from convirt_hf.cli import parse_arguments
+    from convirt_hf.cpu_threads import configure_cpu_threads
+    from convirt_hf.frozen_text import FrozenTextFeatures
+    from convirt_hf.losses import ConvirtLoss
+    from convirt_hf.training import pretrain
+
+    model_args, data_args, train_args, _ = parse_arguments(
+        (pretrain.ModelArguments, pretrain.DataArguments, pretrain.PretrainingArguments),
+        ["--output_dir", str(work_dir / "split"), "--cache_dir", args.cache_dir, *shlex.split(args.pretrain_args)],
+    )
+    accelerator = Accelerator(cpu=True)
+    threads, why = configure_cpu_threads(accelerator.device)
+    text_tower = pretrain.check_towers(model_args, data_args)
+    train_records, validation_records, _ = pretrain.load_corpus(data_args, accelerator, train_args.seed)
+    tokenizer = pretrain.prepare_tokenizer(model_args, data_args, text_tower, train_records, accelerator,
+                                           work_dir / "split")
+    processor, model = pretrain.build_model(model_args, data_args, text_tower, tokenizer)
+    if text_tower is not None:
+        pretrain.choose_text_pooling(model, tokenizer, model_args, data_args, train_records, accelerator)
+    loader, sampler, _ = pretrain.build_dataloaders(train_records, validation_records, processor, data_args,
+                                                    train_args)
+    optimizer = pretrain.build_optimizer(model, train_args)
+    loss_fn = ConvirtLoss(tau=model_args.tau, loss_lambda=model_args.loss_lambda)
+    augment = pretrain.DeviceAugmentation(data_args, train_args, accelerator) if data_args.gpu_augmentation else None
+    text_features = FrozenTextFeatures(model) if model.config.text_tower_frozen else None
+    model.train()
+    device = accelerator.device
+    totals: dict[str, float] = {}
+    steps_timed = 0
+    batches = iter(loader)
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            totals, steps_timed = {}, 0
+        started = time.perf_counter()
+        batch = next(batches)
+        batch.pop("id", None)
+        batch = {key: value.to(device) for key, value in batch.items()}
+        if augment is not None:
+            batch = augment(batch, epoch=0, batch_index=step)
+        started = _timed(device, "data", totals, started)
+        if text_features is not None:
+            text_pooled = text_features(batch["input_ids"], batch["attention_mask"])
+        else:
+            text_pooled = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        text_embeds = F.normalize(model.text_projection(text_pooled), dim=-1)
+        started = _timed(device, "text side", totals, started)
+        image_embeds = F.normalize(model.image_projection(model.image_encoder(batch["pixel_values"])), dim=-1)
+        started = _timed(device, "image tower", totals, started)
+        image_leaf = image_embeds.detach().requires_grad_()
+        text_leaf = text_embeds.detach().requires_grad_()
+        loss = loss_fn(image_leaf, text_leaf)
+        loss.backward()
+        started = _timed(device, "loss", totals, started)
+        image_embeds.backward(image_leaf.grad)
+        started = _timed(device, "image tower", totals, started)
+        text_embeds.backward(text_leaf.grad)
+        started = _timed(device, "text side", totals, started)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _timed(device, "optimizer", totals, started)
+        steps_timed += 1
+    split = {phase: seconds / steps_timed for phase, seconds in totals.items()}
+
+    # the real loop: training/pretrain.py with the same defaults, its seconds per step from its own log
+    output_dir = work_dir / "loop"
+    total = args.warmup + args.steps
+    pretrain.main(["--output_dir", str(output_dir), "--cache_dir", args.cache_dir, "--max_steps", str(total),
+                   "--logging_steps", "5", "--eval_steps", str(total), "--save_steps", str(total),
+                   "--report_to", "none", "--retrieval_set", "none", *shlex.split(args.pretrain_args)])
+    rows = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+    windows = sorted(train_args.per_device_batch_size / row["train/samples_per_second"] for row in rows
+                     if "train/samples_per_second" in row and row["step"] > args.warmup)
+    if not windows:
+        raise RuntimeError("the training loop logged no step time after the warm-up; raise --steps")
+    seconds_per_step = windows[len(windows) // 2]
+    logger.info("cpu demo: %.3f s/step in the training loop, %d threads", seconds_per_step, threads)
+    return {"name": "cpu_demo", "seconds_per_step": seconds_per_step, "threads": threads, "threads_why": why,
+            "split_seconds": split, "split_total": sum(split.values()),
+            "samples_per_s": train_args.per_device_batch_size / seconds_per_step,
+            "text_tower": model.config.text_tower_source, "image_model": model.config.image_model_name,
+            "image_size": data_args.image_size, "batch_size": train_args.per_device_batch_size,
+            "frozen_text_cache": text_features is not None, "batched_augmentation": data_args.gpu_augmentation}
+
+
+def format_cpu_demo(result: dict) -> str:
+    split = result["split_seconds"]
+    lines = [f"default run: {result['seconds_per_step']:.3f} s/step in the training loop, {result['threads']} CPU "
+             f"thread(s) ({result['threads_why']})", "", "| phase | s/step | share |", "|---|---|---|"]
+    for phase in ("data", "image tower", "text side", "loss", "optimizer"):
+        seconds = split.get(phase, 0.0)
+        lines.append(f"| {phase} | {seconds:.3f} | {100 * seconds / result['split_total']:.0f}% |")
+    lines.append(f"| sum of phases | {result['split_total']:.3f} | 100% |")
+    return "\n".join(lines)
+
+
 def format_table(results: list[dict], peak: float | None) -> str:
     baseline = next((r["samples_per_s"] for r in results if r["name"] == "hf_dual_encoder"), None)
     lines = ["| measurement | samples/s | x (a) | MFU | peak memory (GiB) |", "|---|---|---|---|---|"]
@@ -286,6 +400,9 @@ def format_table(results: list[dict], peak: float | None) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU, under a minute")
+    parser.add_argument("--cpu_demo", action="store_true",
+                        help="the default run (make pretrain) on the CPU: the loop's s/step, threads and the split of a "
+                        "step; --pretrain_args changes the run, --steps/--warmup the length")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--inference_batch_size", type=int, default=1024)
@@ -309,6 +426,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.device = args.device or "cpu"
         args.batch_size, args.inference_batch_size, args.image_size, args.seq_len = 8, 16, 32, 16
         args.image_model, args.steps, args.warmup, args.num_workers = "test_resnet", 2, 1, 0
+    if args.smoke and args.cpu_demo:
+        parser.error("--smoke and --cpu_demo are different modes: choose one")
+    if args.cpu_demo:
+        args.device = args.device or "cpu"
+        if "--steps" not in (argv if argv is not None else sys.argv):
+            args.steps = 30
     for name in ("batch_size", "inference_batch_size", "image_size", "seq_len", "steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
@@ -318,6 +441,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if args.cpu_demo:
+        return main_cpu_demo(args, argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -361,6 +486,22 @@ def main(argv=None) -> dict:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2, default=str))
     print(f"device: {report['device']}\n\n{table}")
+    return report
+
+
+def main_cpu_demo(args, argv) -> dict:
+    with tempfile.TemporaryDirectory(prefix="convirt-benchmark-") as work:
+        result = bench_cpu_demo(args, Path(work))
+    table = format_cpu_demo(result)
+    report = {
+        "device": f"cpu ({platform.processor() or platform.machine()}, {result['threads']} threads)",
+        "torch": torch.__version__, "arguments": vars(args), "results": [result], "table": table,
+        "command": "python benchmarks/train_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+    }
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2, default=str))
+    print(table)
     return report
 
 

@@ -402,6 +402,31 @@ def _eval_resize(output_dir: Path, config, data: dict) -> int:
         return int(data.get("eval_resize") or config.image_size * 8 // 7)
 
 
+def text_tower_origin(config, text_tower: dict) -> str:
+    """Where the text tower's weights came from, with their licence when known (training_args.json's record)."""
+    source = text_tower.get("source") or config.text_tower_source or "random initialisation"
+    if text_tower.get("spec") == "scratch":
+        return "random initialisation: trained from scratch with a vocabulary learned from the training reports"
+    origin = f"[{source}](https://huggingface.co/{source})" if source.count("/") == 1 and not Path(source).exists() \
+        else f"`{source}`"
+    details = []
+    if text_tower.get("license"):
+        details.append(f"licence {text_tower['license']}")
+    if text_tower.get("package"):
+        details.append(f"read offline from the PyPI package `{text_tower['package']}`")
+    return origin + (f"; {', '.join(details)}" if details else "")
+
+
+def text_pooling_text(config, text_tower: dict) -> str:
+    """The pooling, and the measurement it was chosen by when the run made one."""
+    measured = (text_tower.get("pooling_measurement") or {}).get("mean_cosine_between_sentences")
+    if not measured:
+        return f"{config.text_pooling} pooling"
+    values = ", ".join(f"{name} {value:.2f}" for name, value in measured.items())
+    return (f"{config.text_pooling} pooling (mean cosine between the embeddings of different training sentences, "
+            f"lower is better: {values})")
+
+
 def _dataset_of_run(arguments: dict) -> tuple[bool, str]:
     dataset = arguments.get("data", {}).get("dataset")
     return dataset is None, SYNTHETIC_DATASET_NAME if dataset is None else Path(str(dataset)).name
@@ -458,15 +483,17 @@ def build_model_card(output_dir: str | os.PathLike, config, arguments: dict, met
         eval_results=results or None,
     )
     training = arguments.get("training", {})
-    text_source = config.text_tower_source or "random initialisation"
+    text_tower = arguments.get("text_tower") or {}
+    frozen = config.num_frozen_text_layers
     hyperparameters = [
         ("image tower", f"{config.image_model_name} (from {config.image_tower_source or 'random initialisation'})"),
         ("text tower", f"BERT, {config.text_config.num_hidden_layers} layers, hidden {config.text_config.hidden_size} "
-                       f"(from {text_source}), {config.text_pooling} pooling"),
+                       f"(from {text_tower_origin(config, text_tower)}), {text_pooling_text(config, text_tower)}"),
         ("projection", f"{config.projection} to {config.projection_dim}"),
         ("tau / lambda", f"{config.tau} / {config.loss_lambda}"),
-        ("frozen text layers", f"{config.frozen_text_layers} (+ embeddings)" if config.freeze_text_embeddings
-         else str(config.frozen_text_layers)),
+        ("frozen text layers", f"{frozen} of {config.text_config.num_hidden_layers}"
+         + (" + embeddings (run as a fixed feature extractor, without dropout)" if config.freeze_text_embeddings
+            else "")),
         ("image size", f"{config.image_size} px"),
         ("batch size", f"{training.get('per_device_batch_size')} per process x {metrics.get('world_size', 1)} "
                        f"process(es) x {training.get('gradient_accumulation_steps', 1)} accumulation step(s)"),
@@ -502,6 +529,7 @@ def build_model_card(output_dir: str | os.PathLike, config, arguments: dict, met
         image_model_name=config.image_model_name,
         text_layers=config.text_config.num_hidden_layers,
         text_pooling=config.text_pooling,
+        text_origin=text_tower_origin(config, text_tower),
         projection=config.projection,
         projection_dim=config.projection_dim,
         image_size=config.image_size,

@@ -16,6 +16,54 @@ TVERSKY_INTERSECTIONS = ("product", "min", "max", "mean", "gmean", "softmin")
 TVERSKY_DIFFERENCES = ("ignorematch", "substractmatch")
 TVERSKY_SIMILARITY_MODELS = ("contrast", "ratio")
 TEXT_POOLING_KINDS = ("max", "mean", "cls")
+# `frozen_text_layers` relative to the tower's depth: the paper freezes 6 of ClinicalBERT's 12 layers ("half").
+FROZEN_TEXT_LAYER_WORDS = {"none": 0.0, "half": 0.5, "all": 1.0}
+
+
+def _frozen_layers_fraction(spec) -> float | None:
+    """The fraction of the layers a relative `frozen_text_layers` spec freezes; None for an absolute count."""
+    if isinstance(spec, str):
+        return FROZEN_TEXT_LAYER_WORDS[spec]
+    return None if isinstance(spec, int) else float(spec)
+
+
+def resolve_frozen_text_layers(spec, num_layers: int) -> int:
+    """
+    The number of leading text layers a `frozen_text_layers` spec freezes in a tower of `num_layers` layers: an
+    integer count, a fraction in [0, 1] of the depth (rounded down, so only `"all"` or 1.0 freezes every layer), or
+    one of the words `"none"`, `"half"` (the paper's 6 of 12) and `"all"`.
+    """
+    if isinstance(spec, bool) or not isinstance(spec, (int, float, str)):
+        raise ValueError(f"frozen_text_layers must be a layer count, a fraction in [0, 1] or one of "
+                         f"{sorted(FROZEN_TEXT_LAYER_WORDS)}, got {spec!r}")
+    if isinstance(spec, str) and spec not in FROZEN_TEXT_LAYER_WORDS:
+        raise ValueError(f"frozen_text_layers must be a layer count, a fraction in [0, 1] or one of "
+                         f"{sorted(FROZEN_TEXT_LAYER_WORDS)}, got {spec!r}")
+    fraction = _frozen_layers_fraction(spec)
+    if fraction is None:
+        if not 0 <= spec <= num_layers:
+            raise ValueError(f"frozen_text_layers must be between 0 and the text tower's {num_layers} layers "
+                             f"(text_config.num_hidden_layers), got {spec!r}")
+        return spec
+    if not 0.0 <= fraction <= 1.0:  # also false for NaN
+        raise ValueError(f"frozen_text_layers as a fraction of the text tower's depth must be in [0, 1], got {spec!r}")
+    return int(fraction * num_layers)
+
+
+def check_partial_text_freezing(spec, num_layers: int) -> int:
+    """
+    Resolves `spec` like [`resolve_frozen_text_layers`] and refuses a number that freezes every layer of the tower:
+    a count written for a deeper tower (the paper's 6 on a 6-layer BERT) would otherwise leave no text layer to train
+    without a word. Freezing the whole tower is a choice to state as `"all"`.
+    """
+    count = resolve_frozen_text_layers(spec, num_layers)
+    if count == num_layers > 0 and spec != "all":
+        raise ValueError(
+            f"frozen_text_layers={spec!r} freezes all {num_layers} layers of the text tower, leaving none to train. "
+            f'Use "half" for the paper\'s rule (6 of 12 layers; {num_layers // 2} of {num_layers} here), a smaller '
+            'count, or "all" if a fully frozen text tower is what you want.'
+        )
+    return count
 
 # Written into every saved config so a folder or Hub repo loads with trust_remote_code=True and no installed package.
 # register_for_auto_class keeps one auto class per Python class, so the map is filled here instead.
@@ -32,8 +80,8 @@ class ConvirtConfig(PretrainedConfig):
     into a joint space, trained with the ConVIRT bidirectional contrastive loss (Zhang et al., 2020).
 
     The defaults are the paper's: ResNet-50, BERT-base, projection to 512 dimensions through a one-hidden-layer MLP,
-    max pooling of the text tokens, tau = 0.1, lambda = 0.75, and the text embeddings plus the first 6 of 12 text
-    layers frozen.
+    max pooling of the text tokens, tau = 0.1, lambda = 0.75, and the text embeddings plus the first half of the text
+    layers (6 of 12) frozen.
 
     Args:
         image_model_name (`str`, *optional*, defaults to `"resnet50"`):
@@ -81,8 +129,11 @@ class ConvirtConfig(PretrainedConfig):
             `"max"` over all non-padding token vectors (the paper), `"mean"` over them, or `"cls"`.
         freeze_text_embeddings (`bool`, *optional*, defaults to `True`):
             Freeze the BERT embedding layer during training.
-        frozen_text_layers (`int`, *optional*, defaults to 6):
-            Number of leading BERT layers whose weights are frozen.
+        frozen_text_layers (`int`, `float` or `str`, *optional*, defaults to `"half"`):
+            Leading BERT layers whose weights are frozen: a count, a fraction of the tower's depth (rounded down), or
+            `"none"`, `"half"` (the paper's 6 of 12) or `"all"`. Frozen parts run as a fixed feature extractor, in
+            eval mode (no dropout) even while the model trains. [`~ConvirtConfig.num_frozen_text_layers`] gives the
+            count.
         image_tower_source (`str`, *optional*):
             Where the image tower weights came from (a timm tag, Hub id or file name); informational, used by model
             cards.
@@ -123,7 +174,7 @@ class ConvirtConfig(PretrainedConfig):
         loss_lambda: float = 0.75,
         text_pooling: str = "max",
         freeze_text_embeddings: bool = True,
-        frozen_text_layers: int = 6,
+        frozen_text_layers: int | float | str = "half",
         image_tower_source: str | None = None,
         text_tower_source: str | None = None,
         **kwargs,
@@ -198,11 +249,24 @@ class ConvirtConfig(PretrainedConfig):
         if int(self.image_size) <= 0:
             raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
         num_layers = self.text_config.num_hidden_layers
-        if not 0 <= int(self.frozen_text_layers) <= num_layers:
-            raise ValueError(
-                f"frozen_text_layers must be between 0 and the text tower's {num_layers} layers "
-                f"(text_config.num_hidden_layers), got {self.frozen_text_layers!r}"
+        count = resolve_frozen_text_layers(self.frozen_text_layers, num_layers)
+        if count == num_layers > 0 and self.frozen_text_layers != "all":
+            # a warning, not an error: saved folders must load (ConvirtModel.from_pretrained_towers and the
+            # pretraining script refuse this setting before any training)
+            logger.warning(
+                "frozen_text_layers=%r freezes all %d text layers; write \"all\" if that is intended",
+                self.frozen_text_layers, num_layers,
             )
+
+    @property
+    def num_frozen_text_layers(self) -> int:
+        """The number of leading text layers `frozen_text_layers` freezes in this text tower."""
+        return resolve_frozen_text_layers(self.frozen_text_layers, self.text_config.num_hidden_layers)
+
+    @property
+    def text_tower_frozen(self) -> bool:
+        """True when no text-tower weight trains (embeddings and every layer frozen): its outputs never change."""
+        return bool(self.freeze_text_embeddings) and self.num_frozen_text_layers == self.text_config.num_hidden_layers
 
 
 __all__ = ["ConvirtConfig"]

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import BertModel, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
-from .configuration_convirt import ConvirtConfig
+from .configuration_convirt import ConvirtConfig, check_partial_text_freezing
 
 try:  # guarded init functions skip tensors already loaded from a checkpoint (transformers 5.x)
     from transformers import initialization as init
@@ -630,12 +630,28 @@ class ConvirtModel(ConvirtPreTrainedModel):
         self.freeze_text_layers()
         self.post_init()
 
+    def frozen_text_modules(self) -> list[nn.Module]:
+        """The text embeddings (when frozen) and the first `config.num_frozen_text_layers` layers."""
+        modules = [self.text_encoder.embeddings] if self.config.freeze_text_embeddings else []
+        return modules + list(self.text_encoder.encoder.layer[: self.config.num_frozen_text_layers])
+
     def freeze_text_layers(self) -> None:
         """Freezes the text embeddings and the first `config.frozen_text_layers` layers, as in the paper."""
-        if self.config.freeze_text_embeddings:
-            self.text_encoder.embeddings.requires_grad_(False)
-        for layer in self.text_encoder.encoder.layer[: self.config.frozen_text_layers]:
-            layer.requires_grad_(False)
+        for module in self.frozen_text_modules():
+            module.requires_grad_(False)
+        if self.training:
+            self.train()
+
+    def train(self, mode: bool = True) -> ConvirtModel:
+        """
+        Sets training mode like `nn.Module.train`, except that the frozen text parts stay in eval mode: they are a
+        fixed feature extractor, so they apply no dropout and a sentence always gets the same features from them.
+        """
+        super().train(mode)
+        if mode:
+            for module in self.frozen_text_modules():
+                module.eval()
+        return self
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -710,6 +726,7 @@ class ConvirtModel(ConvirtPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         return_loss: bool = False,
         return_dict: bool | None = None,
+        text_pooler_output: torch.Tensor | None = None,
     ) -> ConvirtOutput | tuple:
         r"""
         Args:
@@ -723,6 +740,10 @@ class ConvirtModel(ConvirtPreTrainedModel):
                 Segment ids, passed to BERT (pipelines send them).
             return_loss (`bool`, *optional*, defaults to `False`):
                 Return the ConVIRT loss; needs images and texts of the same batch size, pair i being (image i, text i).
+            text_pooler_output (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
+                Pooled text-tower features h_u computed beforehand (`ConvirtOutput.text_pooler_output` of an earlier
+                call), used instead of `input_ids`: a frozen text tower gives a sentence the same features every
+                time, so training can compute them once per sentence (`convirt_hf.frozen_text.FrozenTextFeatures`).
 
         Example:
 
@@ -737,8 +758,13 @@ class ConvirtModel(ConvirtPreTrainedModel):
             self.check_pixel_values(pixel_values)
             image_pooled = self.image_encoder(pixel_values)
             image_embeds = F.normalize(self.image_projection(image_pooled), dim=-1)
+        if input_ids is not None and text_pooler_output is not None:
+            raise ValueError("pass input_ids or text_pooler_output, not both")
         if input_ids is not None:
             text_pooled = self.encode_text(input_ids, attention_mask, token_type_ids)
+        elif text_pooler_output is not None:
+            text_pooled = text_pooler_output
+        if text_pooled is not None:
             text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
 
         if return_loss:
@@ -794,7 +820,10 @@ class ConvirtModel(ConvirtPreTrainedModel):
                 The key prefix of the tower inside a checkpoint file that holds several whole towers (`"teacher."`
                 of a DINO checkpoint, `"encoder_q."` of MoCo); found automatically otherwise.
             config_kwargs:
-                Other [`ConvirtConfig`] fields (tau, loss_lambda, projection, frozen_text_layers, ...).
+                Other [`ConvirtConfig`] fields (tau, loss_lambda, projection, frozen_text_layers, ...);
+                `text_tower_source` defaults to `text`.
+                `frozen_text_layers` (default `"half"`, the paper's 6 of 12) is refused when a number would freeze
+                every layer of this tower: pass `"all"` for a fully frozen text tower.
 
         Example:
 
@@ -814,11 +843,12 @@ class ConvirtModel(ConvirtPreTrainedModel):
         if text_model.config.model_type != "bert":
             raise ValueError(f"The text tower must be a BERT-family model (model_type 'bert'), got {text_model.config.model_type!r}")
         text_config = copy.deepcopy(text_model.config)
+        check_partial_text_freezing(config_kwargs.get("frozen_text_layers", "half"), text_config.num_hidden_layers)
+        config_kwargs.setdefault("text_tower_source", str(text))
         config = ConvirtConfig(
             image_model_name=image_model_name,
             text_config=text_config.to_dict(),
             image_tower_source=image_source,
-            text_tower_source=str(text),
             **config_kwargs,
         )
         model = cls(config)

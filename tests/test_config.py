@@ -12,7 +12,7 @@ def test_defaults_are_the_papers():
     assert config.projection_dim == 512 and config.projection == "mlp"
     assert config.tau == 0.1 and config.loss_lambda == 0.75
     assert config.text_pooling == "max"
-    assert config.freeze_text_embeddings and config.frozen_text_layers == 6
+    assert config.freeze_text_embeddings and config.frozen_text_layers == "half" and config.num_frozen_text_layers == 6
     assert config.text_config.num_hidden_layers == 12 and config.text_config.hidden_size == 768
 
 

@@ -250,7 +250,7 @@ def test_presets_load_and_unknown_keys_are_named(tmp_path):
     from convirt_hf.cli import load_preset
 
     paper = load_preset("paper", (pretrain.ModelArguments, pretrain.DataArguments, pretrain.PretrainingArguments))
-    assert paper["per_device_batch_size"] == 32 and paper["learning_rate"] == 1e-4 and paper["frozen_text_layers"] == 6
+    assert paper["per_device_batch_size"] == 32 and paper["learning_rate"] == 1e-4 and paper["frozen_text_layers"] == "half"
     assert paper["augmentation"] == "paper" and paper["max_evaluations"] == 200
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rat: 0.1\n")

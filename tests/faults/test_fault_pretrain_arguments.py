@@ -41,7 +41,13 @@ CASES = [
     ("text_tower", ["--text_tower", "{tmp}/no_bert"], r"--text_tower '.*no_bert' does not exist"),
     ("text_tower", ["--text_tower", "{not_a_model}"], r"--text_tower '.*' is a folder without config\.json"),
     ("text_tower", ["--text_tower", "{vision_model}"], r"--text_tower '.*' is a 'vit' model, not a BERT"),
+    ("text_tower", ["--text_tower", "package:no_such_tower_package/model"],
+     r"--text_tower: text tower 'package:no_such_tower_package/model': the Python package .* is not installed\. "
+     r"`pip install no-such-tower-package`"),
     ("text_layers", ["--text_layers", "0"], r"--text_layers must be > 0"),
+    ("text_layers", ["--text_tower", "{bert}", "--text_layers", "4"],
+     r"--text_layers shapes the from-scratch text tower \(--text_tower scratch\); --text_tower '.*bert' is a "
+     r"pretrained tower"),
     ("text_hidden_size", ["--text_hidden_size", "0"], r"--text_hidden_size must be > 0"),
     ("text_hidden_size", ["--text_hidden_size", "200"], r"--text_hidden_size must be a multiple of its 3 attention"),
     ("text_vocab_size", ["--text_vocab_size", "-5"], r"--text_vocab_size must be > 0"),
@@ -61,10 +67,15 @@ CASES = [
     ("text_pooling", ["--text_pooling", "first"], r"--text_pooling must be one of"),
     ("freeze_text_embeddings", ["--freeze_text_embeddings", "maybe"],
      ARGPARSE.format("freeze_text_embeddings") + "Truthy value expected"),
-    ("frozen_text_layers", ["--frozen_text_layers", "-1"], r"--frozen_text_layers must be >= 0"),
+    ("frozen_text_layers", ["--frozen_text_layers", "-1"],
+     r"--frozen_text_layers must be a layer count, a fraction in \[0, 1\] or one of \['all', 'half', 'none'\]"),
+    ("frozen_text_layers", ["--frozen_text_layers", "most"], r"--frozen_text_layers must be a layer count"),
     ("frozen_text_layers", ["--frozen_text_layers", "3"], r"--frozen_text_layers \(3\) cannot exceed --text_layers"),
     ("frozen_text_layers", ["--text_tower", "{bert}", "--frozen_text_layers", "6"],
-     r"--frozen_text_layers \(6\) exceeds the 2 layers of --text_tower"),
+     r"--frozen_text_layers must be between 0 and the text tower's 2 layers"),
+    # the paper preset's count on a tower as deep as it: nothing would train, so it must be said ("all")
+    ("frozen_text_layers", ["--text_tower", "{bert}", "--frozen_text_layers", "2"],
+     r"--frozen_text_layers=2 freezes all 2 layers of the text tower, leaving none to train\. Use \"half\""),
     # --- data ---
     ("dataset", ["--dataset", "{tmp}/nowhere"], r"--dataset '.*nowhere' does not exist"),
     ("dataset", ["--dataset", "{not_a_model}"], r"--dataset '.*' is not a dataset folder written by datasets"),
@@ -86,6 +97,7 @@ CASES = [
     ("text_mode", ["--text_mode", "paragraph"], r"--text_mode must be one of"),
     ("augmentation", ["--augmentation", "heavy"], r"--augmentation must be one of"),
     ("num_workers", ["--num_workers", "-1"], r"--num_workers must be >= 0"),
+    ("image_cache_mb", ["--image_cache_mb", "-1"], r"--image_cache_mb must be >= 0"),
     ("max_train_samples", ["--max_train_samples", "0"], r"--max_train_samples must be > 0"),
     # --- training ---
     ("output_dir", ["--output_dir", "{file}"], r"--output_dir '.*' exists and is a file"),
@@ -198,9 +210,13 @@ def test_an_invalid_value_fails_before_training_and_names_the_argument(case, pat
         has_value = index + 1 < len(values) and not values[index + 1].startswith("--")
         argv = set_flag(argv, flag, values[index + 1] if has_value else None)
         index += 2 if has_value else 1
+    if "--text_tower" in values and values[values.index("--text_tower") + 1] != "scratch":
+        for scratch_flag in ("--text_layers", "--text_hidden_size", "--text_vocab_size"):  # a pretrained tower's own
+            if scratch_flag not in values:
+                argv = set_flag(argv, scratch_flag, "")
     before = {path: path.read_text() for path in (paths["stranger"] / "notes.txt", paths["file"])}
 
-    with pytest.raises((ValueError, SystemExit)) as raised:
+    with pytest.raises((ValueError, ImportError, SystemExit)) as raised:  # what run_cli reports as one line
         pretrain.main(argv)
     text = str(raised.value) if raised.type is not SystemExit else capsys.readouterr().err
     if raised.type is SystemExit:
