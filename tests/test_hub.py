@@ -52,7 +52,7 @@ def trained_dir(tmp_path_factory) -> Path:
     )
     output_dir = tmp_path_factory.mktemp("run") / "convirt-tiny"
     values = {"dataset": corpus, "retrieval_set": corpus, "output_dir": output_dir, "image_model_name": "test_resnet",
-              "text_layers": 1, "text_hidden_size": 32, "text_vocab_size": 300, "projection_dim": 16,
+              "text_tower": "scratch", "text_layers": 1, "text_hidden_size": 32, "text_vocab_size": 300, "projection_dim": 16,
               "image_size": 32, "per_device_batch_size": 8, "max_steps": 3, "eval_steps": 3, "save_steps": 3,
               "logging_steps": 1, "report_to": "none", "max_length": 32}
     pretrain.main([item for key, value in values.items() for item in (f"--{key}", str(value))])

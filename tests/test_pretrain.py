@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -145,22 +146,24 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(co
         assert torch.equal(expected[name], actual[name]), f"{name} differs after resuming (killed after {kill_after})"
 
 
-def test_a_poisoned_batch_stops_with_a_message_and_a_saved_state(corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("gpu_augmentation", [True, False])
+def test_a_poisoned_batch_stops_with_a_message_and_a_saved_state(corpus, tmp_path, monkeypatch, gpu_augmentation):
     from convirt_hf.data.pairs import PairViews
 
     original = PairViews.__getitem__
+    training_views = ("ConvirtTrainTransform", "DecodedImage")
 
     def poisoned(self, tagged_index):
         example = original(self, tagged_index)
-        if self.image_transform.__class__.__name__ == "ConvirtTrainTransform" and tagged_index % self.num_rows == 5:
-            example["pixel_values"] = torch.full_like(example["pixel_values"], float("nan"))
+        if self.image_transform.__class__.__name__ in training_views and tagged_index % self.num_rows == 5:
+            example["pixel_values"] = torch.full_like(example["pixel_values"], float("nan"), dtype=torch.float32)
         return example
 
     monkeypatch.setattr(PairViews, "__getitem__", poisoned)
     output_dir = tmp_path / "nan"
     with pytest.raises(pretrain.NonFiniteTrainingError,
                        match=r"Non-finite pixel values in the batch of step \d+ .*synthetic-0-pretrain-000005"):
-        pretrain.main(tiny_args(corpus, output_dir, max_steps=20, save_steps=50))
+        pretrain.main(tiny_args(corpus, output_dir, max_steps=20, save_steps=50, gpu_augmentation=gpu_augmentation))
     checkpoint = latest_checkpoint(output_dir / "checkpoints")
     assert checkpoint is not None
     state = json.loads((checkpoint / "train_state.json").read_text())
@@ -271,3 +274,13 @@ def test_tensorboard_receives_scalars(corpus, tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/samples_per_second", "validation/loss"} <= tags
     assert any(tag.startswith("retrieval/image->image/") for tag in tags)
+
+
+def test_the_demo_preset_is_what_the_script_does_without_arguments():
+    from convirt_hf.cli import parse_arguments
+
+    classes = (pretrain.ModelArguments, pretrain.DataArguments, pretrain.PretrainingArguments)
+    *defaults, _ = parse_arguments(classes, [])
+    *demo, preset = parse_arguments(classes, ["--config", "demo"])
+    assert preset.name == "demo.yaml"
+    assert [dataclasses.asdict(a) for a in defaults] == [dataclasses.asdict(a) for a in demo]

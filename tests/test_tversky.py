@@ -345,7 +345,7 @@ def test_pretrain_trains_tversky_heads_and_writes_a_loadable_folder(tmp_path):
         retrieval_candidates_per_category=2, retrieval_queries_per_category=1))
     output_dir = tmp_path / "run"
     arguments = {"dataset": corpus, "retrieval_set": "none", "output_dir": output_dir, "image_model_name": "test_resnet",
-                 "text_layers": 1, "text_hidden_size": 32, "text_vocab_size": 300, "projection_dim": 16,
+                 "text_tower": "scratch", "text_layers": 1, "text_hidden_size": 32, "text_vocab_size": 300, "projection_dim": 16,
                  "image_size": 32, "per_device_batch_size": 8, "max_steps": 4, "eval_steps": 4, "save_steps": 4,
                  "logging_steps": 1, "report_to": "none", "max_length": 32, "projection": "tversky",
                  "tversky_num_features": 24, "tversky_alpha": 0.25, "tversky_difference": "ignorematch"}

@@ -53,7 +53,7 @@ from convirt_hf.checkpointing import (
 )
 from convirt_hf.cli import one_of, parse_arguments, positive, run_cli
 from convirt_hf.data.collate import ConvirtCollator
-from convirt_hf.data.gpu_augment import BatchedAugmentation, DecodedImage, batch_seed
+from convirt_hf.data.gpu_augment import BatchedAugmentation, BatchParams, DecodedImage, batch_seed
 from convirt_hf.data.pairs import EpochShuffleSampler, PairViews
 from convirt_hf.data.transforms import AUGMENTATION_PRESETS, ConvirtEvalTransform, ConvirtTrainTransform
 from convirt_hf.evaluation.retrieval import DEFAULT_KS, format_precision_table
@@ -156,7 +156,7 @@ class ModelArguments:
         metadata={"help": "Image tower weights: a timm tag (resnet50.tv_in1k), hf-hub:/local-dir: spec, timm folder or "
                   "checkpoint file. None trains `image_model_name` from random init (the offline demo)."},
     )
-    image_model_name: str = field(default="resnet18", metadata={"help": "timm architecture of the image tower"})
+    image_model_name: str = field(default="resnet10t", metadata={"help": "timm architecture of the image tower"})
     text_tower: str | None = field(
         default=DEFAULT_TEXT_TOWER,
         metadata={"help": "A BERT-family model id or folder (the paper: emilyalsentzer/Bio_ClinicalBERT), or "
@@ -367,13 +367,13 @@ class PretrainingArguments:
     resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
     seed: int = 42
     per_device_batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-4
     weight_decay: float = 1e-6
     optimizer: str = field(default="adam", metadata={"help": "adam (the paper) or adamw"})
     lr_scheduler: str = field(default="plateau", metadata={"help": "plateau (the paper), cosine or constant"})
     warmup_steps: int = 0
     plateau_patience: int = field(default=5, metadata={"help": "evaluations without improvement before halving"})
-    max_steps: int = 300
+    max_steps: int = 400
     eval_steps: int = 100
     max_evaluations: int | None = field(default=None, metadata={"help": "stop after this many evaluations"})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement"})
@@ -677,11 +677,10 @@ def text_tower_record(model: ConvirtModel, text_tower, pooling: dict | None) -> 
 def build_dataloaders(train_records, validation_records, processor, data_args, args):
     eval_resize = data_args.eval_resize or round(data_args.image_size * 8 / 7)
     collator = ConvirtCollator(processor.tokenizer, max_length=data_args.max_length)
-    if data_args.gpu_augmentation:  # the workers only decode; DeviceAugmentation makes the views in the loop
-        train_transform = DecodedImage()
-    else:
-        train_transform = ConvirtTrainTransform(output_size=data_args.image_size,
-                                                ranges=AUGMENTATION_PRESETS[data_args.augmentation])
+    train_transform = ConvirtTrainTransform(output_size=data_args.image_size,
+                                            ranges=AUGMENTATION_PRESETS[data_args.augmentation])
+    if data_args.gpu_augmentation:  # the workers decode and draw each view's parameters; the device makes the views
+        train_transform = DecodedImage(sampler=train_transform)
     # raw images: zero-padded into one batch with their true sizes, for BatchedAugmentation
     train_collator = ConvirtCollator(processor.tokenizer, max_length=data_args.max_length,
                                      raw_images=data_args.gpu_augmentation)
@@ -735,9 +734,12 @@ class DeviceAugmentation:
     """
     --gpu_augmentation: the training views of a raw batch (zero-padded decoded images and their `sizes`) made on the
     training device by `BatchedAugmentation`, with the --augmentation preset's ranges (those of the CPU path's
-    `ConvirtTrainTransform`). One device generator, re-seeded for every micro-batch from (seed, epoch, micro-batch
-    index within the epoch, process index) only: no global random state, so a resumed run, which restores the data
-    position, draws exactly the views of an uninterrupted one.
+    `ConvirtTrainTransform`).
+
+    Batches from the training loaders carry each image's own parameters (`augmentation`), drawn in the data loader
+    from the row's (seed, epoch, row) generator as the CPU path draws them: a view is then the same whatever batch
+    or process it lands in, and after a resume. A batch without them gets a draw from one device generator, re-seeded
+    for every micro-batch from (seed, epoch, micro-batch index within the epoch, process index) only.
     """
 
     def __init__(self, data_args, args, accelerator):
@@ -748,16 +750,21 @@ class DeviceAugmentation:
         self.seed, self.process_index = args.seed, accelerator.process_index
 
     def __call__(self, batch: dict, epoch: int, batch_index: int) -> dict:
-        self.generator.manual_seed(batch_seed(self.seed, epoch, batch_index, self.process_index))
-        batch["pixel_values"] = self.augment(batch["pixel_values"], sizes=batch.pop("sizes"), generator=self.generator)
+        params = batch.pop("augmentation", None)
+        if params is None:
+            self.generator.manual_seed(batch_seed(self.seed, epoch, batch_index, self.process_index))
+        batch["pixel_values"] = self.augment(batch["pixel_values"], sizes=batch.pop("sizes"), generator=self.generator,
+                                             params=params)
         return batch
 
 
-# --- phases ------------------------------------------------------------------------------------------------------
+# --- phases# --- phases ------------------------------------------------------------------------------------------------------
 
 
 def move_batch(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    moved = {key: value.to(device, non_blocking=True) for key, value in batch.items() if torch.is_tensor(value)}
+    """The batch's tensors (and augmentation parameters) on `device`; other entries (ids) are left out."""
+    moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()
+             if torch.is_tensor(value) or isinstance(value, BatchParams)}
     if channels_last:
         moved["pixel_values"] = moved["pixel_values"].contiguous(memory_format=torch.channels_last)
     return moved

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .gpu_augment import params_from_list
 from .pairs import check_text_mode, pair_text
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ class ConvirtCollator:
             to the batch's largest height and width into one `(N, C, H, W)` tensor (`uint8` when every image is
             `uint8`, else float32 in [0, 1]; C = 3 if any image has three channels, one-channel images then
             replicated), and `sizes`, an `(N, 2)` int64 tensor, holds each image's true `(height, width)`: what
-            [`~convirt_hf.data.gpu_augment.BatchedAugmentation`] takes to augment the batch on the device.
+            [`~convirt_hf.data.gpu_augment.BatchedAugmentation`] takes to augment the batch on the device. Examples
+            that carry their own draw under `augmentation` (an `AugmentationParams`) give the batch an
+            `augmentation` [`~convirt_hf.data.gpu_augment.BatchParams`].
 
     Each example is a mapping with `pixel_values` (a `(3, S, S)` tensor) and/or the text under `text_field`; every
     example of a batch must have the same keys. Returns a dict with `pixel_values` `(N, 3, S, S)` float, `input_ids`
@@ -157,6 +160,9 @@ class ConvirtCollator:
             batch["pixel_values"] = self._stack_images(examples)
         if has_text:
             batch.update(self._tokenize(examples))
+        if self.raw_images and all("augmentation" in example for example in examples):
+            # each image's own draw (PairViews with DecodedImage(sampler=...)): applied on the training device
+            batch["augmentation"] = params_from_list([example["augmentation"] for example in examples])
         if all("id" in example for example in examples):
             batch["id"] = [example["id"] for example in examples]
         return batch

@@ -64,6 +64,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -76,11 +77,12 @@ from convirt_hf.data.transforms import (
     PAPER_VIEW_SIZE,
     AugmentationParams,
     AugmentationRanges,
+    ConvirtTrainTransform,
     blur_kernel_size,
     to_image_tensor,
 )
 
-__all__ = ["BatchParams", "BatchedAugmentation", "DecodedImage", "batch_seed", "params_from_list",
+__all__ = ["BatchParams", "BatchedAugmentation", "DecodedImage", "DecodedView", "batch_seed", "params_from_list",
            "sample_batch_params"]
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop
@@ -133,9 +135,9 @@ class BatchParams:
     def device(self) -> torch.device:
         return self.top.device
 
-    def to(self, device) -> BatchParams:
+    def to(self, device, non_blocking: bool = False) -> BatchParams:
         """The same draw on `device`."""
-        moved = {name: value.to(device) for name, value in self._tensors().items()}
+        moved = {name: value.to(device, non_blocking=non_blocking) for name, value in self._tensors().items()}
         return BatchParams(**moved, view_size=self.view_size)
 
     def to_list(self) -> list[AugmentationParams]:
@@ -512,19 +514,39 @@ class BatchedAugmentation:
         return torch.sub(view, mean, out=out).div_(std)
 
 
+class DecodedView(NamedTuple):
+    """A decoded image and the augmentation drawn for it, to be applied on the training device."""
+
+    image: torch.Tensor
+    params: AugmentationParams
+
+
 class DecodedImage:
     """
     The data-loader half of the device path: an image as the `(C, H, W)` tensor the CPU path would augment
     ([`~convirt_hf.data.transforms.to_image_tensor`]: C = 1 for grayscale, `uint8` or float in [0, 1]), at its
-    stored size, without augmentation. A `generator` argument is accepted and ignored, so it stands in for
+    stored size, without augmentation. It takes a `generator` argument, so it stands in for
     [`~convirt_hf.data.transforms.ConvirtTrainTransform`] in [`~convirt_hf.data.pairs.PairViews`].
+
+    Args:
+        sampler ([`~convirt_hf.data.transforms.ConvirtTrainTransform`], *optional*): with a sampler, each image also
+            gets its augmentation parameters, drawn here with the row's own generator exactly as the CPU path draws
+            them, and the call returns a [`DecodedView`]. A view then depends on (seed, epoch, row) only: not on the
+            batch it lands in, the process that trains it, or a resume. Without one, the generator is ignored and
+            the call returns the tensor.
     """
 
-    def __call__(self, image, generator: torch.Generator | None = None) -> torch.Tensor:
-        return to_image_tensor(image)
+    def __init__(self, sampler: ConvirtTrainTransform | None = None):
+        self.sampler = sampler
+
+    def __call__(self, image, generator: torch.Generator | None = None) -> torch.Tensor | DecodedView:
+        tensor = to_image_tensor(image)
+        if self.sampler is None:
+            return tensor
+        return DecodedView(tensor, self.sampler.sample(tensor.shape[-2], tensor.shape[-1], generator))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        return f"{type(self).__name__}(sampler={self.sampler!r})"
 
 
 def batch_seed(seed: int, epoch: int, batch: int, process: int = 0) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .gpu_augment import DecodedView
 from .reports import sample_sentence
 
 # "report" is what the training script calls the whole-text mode; "whole" is the report module's name for it.
@@ -133,6 +134,8 @@ class PairViews(Dataset):
         rng = np.random.default_rng([self.seed, epoch, row])
         record, image = self._record(row)
         generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-        pixel_values = self.image_transform(image, generator=generator)
+        view = self.image_transform(image, generator=generator)
         sentence = pair_text(record.get("sentences"), record["text"], self.text_mode, rng)
-        return {"pixel_values": pixel_values, "sentence": sentence, "id": record["id"]}
+        if isinstance(view, DecodedView):  # decoded here, augmented on the training device with these parameters
+            return {"pixel_values": view.image, "augmentation": view.params, "sentence": sentence, "id": record["id"]}
+        return {"pixel_values": view, "sentence": sentence, "id": record["id"]}

@@ -317,3 +317,36 @@ def test_grid_is_affine_grids():
     for size in (1, 7, 32):
         expected = F.affine_grid(theta, [5, 1, size, size], align_corners=False)
         torch.testing.assert_close(_affine_grid(theta, size), expected, rtol=0, atol=1e-6)
+
+
+def test_loader_drawn_parameters_make_a_rows_view_independent_of_its_batch_and_equal_to_the_cpu_draw():
+    """The training loaders draw each row's parameters from its own (seed, epoch, row) generator, as the CPU path does:
+    a view is then the same in any batch (and any process, and after a resume)."""
+    from PIL import Image
+
+    from convirt_hf.data.collate import ConvirtCollator
+    from convirt_hf.data.gpu_augment import DecodedImage
+    from convirt_hf.data.pairs import PairViews
+    from convirt_hf.data.transforms import ConvirtTrainTransform
+
+    images = [Image.fromarray(_radiograph_like(90 + 7 * i, 80 + 5 * i, seed=i)[0].numpy()) for i in range(5)]
+    records = [{"id": f"r{i}", "image": image, "text": "x", "sentences": ["x"]} for i, image in enumerate(images)]
+    sampler = ConvirtTrainTransform(output_size=32, ranges=AUGMENTATION_PRESETS["paper"])
+    device_views = PairViews(records, DecodedImage(sampler=sampler), seed=7)
+    cpu_views = PairViews(records, sampler, seed=7)
+    collate = ConvirtCollator(tokenizer=None, raw_images=True)
+    augment = BatchedAugmentation(output_size=32, ranges=AUGMENTATION_PRESETS["paper"])
+
+    def views(indices):
+        batch = collate([{key: value for key, value in device_views[i].items() if key != "sentence"}
+                         for i in indices])
+        return augment(batch["pixel_values"], sizes=batch["sizes"], params=batch["augmentation"])
+
+    epoch = 3 * len(records)  # epoch 3: indices are epoch-tagged
+    alone, among_others = views([epoch + 4]), views([epoch + 1, epoch + 4, epoch + 2])[1:2]
+    torch.testing.assert_close(alone, among_others, rtol=0, atol=1e-6)
+    for row in range(5):  # the CPU path draws the same parameters for the row: views agree up to resampling
+        cpu = cpu_views[epoch + row]["pixel_values"]
+        device = views([epoch + row])[0]
+        assert (cpu - device).abs().mean() < 0.05, row
+    assert not torch.allclose(views([epoch + 4]), views([4]))  # another epoch, another view
