@@ -31,6 +31,7 @@ Timings are measured, never asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -184,45 +185,55 @@ def _measure(name: str, step, args, device, flop_step=None) -> dict:
     return result
 
 
+def pretraining_arguments(settings: dict, extra_flags: str):
+    """The pretraining dataclasses for `settings` (field name -> value), with --pretrain_args' flags on top."""
+    from convirt_hf.cli import parse_arguments
+    from convirt_hf.pretraining import DataArguments, ModelArguments, PretrainingArguments
+
+    *arguments, _ = parse_arguments((ModelArguments, DataArguments, PretrainingArguments), shlex.split(extra_flags),
+                                    defaults=settings)
+    return arguments
+
+
+def logged_windows(output_dir: Path, warmup: int) -> list[float]:
+    """The samples/s of the training log's windows after the warm-up steps."""
+    rows = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+    windows = [row["train/samples_per_second"] for row in rows
+               if "train/samples_per_second" in row and row["step"] > warmup]
+    if not windows:
+        raise RuntimeError("the training loop logged no throughput after the warm-up; raise --steps")
+    return windows
+
+
 def bench_end_to_end(args, device, work_dir: Path) -> dict:
-    """Runs training/pretrain.py for --steps + --warmup steps and reads its logged throughput after the warm-up."""
-    from convirt_hf.training import pretrain
+    """Runs the pretraining loop for --steps + --warmup steps and reads its logged throughput after the warm-up."""
+    from convirt_hf.pretraining import pretrain
 
     output_dir = work_dir / "pretrain"
     total = args.warmup + args.steps
-    logging_steps = max(1, args.steps // 4)
-    argv = [
-        "--output_dir", str(output_dir), "--image_model_name", args.image_model, "--image_size", str(args.image_size),
-        "--per_device_batch_size", str(args.batch_size), "--max_steps", str(total), "--logging_steps",
-        str(logging_steps), "--eval_steps", str(total), "--save_steps", str(total), "--report_to", "none",
-        "--retrieval_set", "none", "--augmentation", "paper", "--num_workers", str(args.num_workers),
-        "--max_length", str(args.seq_len), "--cache_dir", args.cache_dir,
-        "--mixed_precision", "no" if args.fp32 or device.type != "cuda" else "bf16",
-    ]
-    if args.dataset:
-        argv += ["--dataset", args.dataset]
-    # a from-scratch BERT of the measured shape: the step's cost without downloading a tower
-    if args.smoke:
-        argv += ["--text_tower", "scratch", "--text_layers", "2", "--text_hidden_size", "32", "--text_vocab_size", "500"]
-    else:
-        argv += ["--text_tower", "scratch", "--text_layers", "12", "--text_hidden_size", "768", "--text_vocab_size",
-                 "30522", "--frozen_text_layers", "6", "--freeze_text_embeddings", "true"]
-    if not args.no_channels_last:
-        argv += ["--channels_last", "true"]
-    if args.compile:
-        argv += ["--torch_compile", "true"]
-    argv += ["--gpu_augmentation", "true" if args.gpu_augmentation else "false"]
-    argv += shlex.split(args.pretrain_args)
+    settings = {
+        "output_dir": str(output_dir), "image_model_name": args.image_model, "image_size": args.image_size,
+        "per_device_batch_size": args.batch_size, "max_steps": total, "logging_steps": max(1, args.steps // 4),
+        "eval_steps": total, "save_steps": total, "report_to": "none", "retrieval_set": "none",
+        "augmentation": "paper", "num_workers": args.num_workers, "max_length": args.seq_len,
+        "cache_dir": args.cache_dir, "mixed_precision": "no" if args.fp32 or device.type != "cuda" else "bf16",
+        "dataset": args.dataset, "channels_last": not args.no_channels_last, "torch_compile": args.compile,
+        "gpu_augmentation": args.gpu_augmentation,
+        # a from-scratch BERT of the measured shape: the step's cost without downloading a tower
+        "text_tower": "scratch",
+        **({"text_layers": 2, "text_hidden_size": 32, "text_vocab_size": 500} if args.smoke else
+           {"text_layers": 12, "text_hidden_size": 768, "text_vocab_size": 30522, "frozen_text_layers": "6",
+            "freeze_text_embeddings": True}),
+    }
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    pretrain.main(argv)
-    rows = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
-    windows = [row["train/samples_per_second"] for row in rows
-               if "train/samples_per_second" in row and row["step"] > args.warmup]
-    if not windows:
-        raise RuntimeError("the end-to-end run logged no throughput after the warm-up; raise --steps")
+    model_args, data_args, training_args = pretraining_arguments(settings, args.pretrain_args)
+    pretrain(model_args, data_args, training_args)
+    windows = logged_windows(output_dir, args.warmup)
     result = {"name": "convirt_end_to_end", "samples_per_s": sum(windows) / len(windows),
-              "peak_memory_gib": peak_memory_gib(device), "pretrain_args": argv}
+              "peak_memory_gib": peak_memory_gib(device),
+              "pretraining": {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
+                              "training": dataclasses.asdict(training_args)}}
     logger.info("convirt_end_to_end: %.1f samples/s", result["samples_per_s"])
     return result
 
@@ -290,30 +301,30 @@ def bench_cpu_demo(args, work_dir: Path) -> dict:
     import torch.nn.functional as F
     from accelerate import Accelerator
 
-    from convirt_hf.cli import parse_arguments
     from convirt_hf.cpu_threads import configure_cpu_threads
     from convirt_hf.frozen_text import FrozenTextFeatures
     from convirt_hf.losses import ConvirtLoss
-    from convirt_hf.training import pretrain
+    from convirt_hf.pretraining import pretrain
+    from convirt_hf.pretraining.api import build_optimizer
+    from convirt_hf.pretraining.data import DeviceAugmentation, build_dataloaders, load_corpus
+    from convirt_hf.pretraining.towers import build_model, check_towers, choose_text_pooling, prepare_tokenizer
 
-    model_args, data_args, train_args, _ = parse_arguments(
-        (pretrain.ModelArguments, pretrain.DataArguments, pretrain.PretrainingArguments),
-        ["--output_dir", str(work_dir / "split"), "--cache_dir", args.cache_dir, *shlex.split(args.pretrain_args)],
-    )
+    model_args, data_args, train_args = pretraining_arguments(
+        {"output_dir": str(work_dir / "split"), "cache_dir": args.cache_dir}, args.pretrain_args)
     accelerator = Accelerator(cpu=True)
     threads, why = configure_cpu_threads(accelerator.device)
-    text_tower = pretrain.check_towers(model_args, data_args)
-    train_records, validation_records, _ = pretrain.load_corpus(data_args, accelerator, train_args.seed)
-    tokenizer = pretrain.prepare_tokenizer(model_args, data_args, text_tower, train_records, accelerator,
+    text_tower = check_towers(model_args, data_args)
+    train_records, validation_records, _ = load_corpus(data_args, accelerator, train_args.seed)
+    tokenizer = prepare_tokenizer(model_args, data_args, text_tower, train_records, accelerator,
                                            work_dir / "split")
-    processor, model = pretrain.build_model(model_args, data_args, text_tower, tokenizer)
+    processor, model = build_model(model_args, data_args, text_tower, tokenizer)
     if text_tower is not None:
-        pretrain.choose_text_pooling(model, tokenizer, model_args, data_args, train_records, accelerator)
-    loader, sampler, _ = pretrain.build_dataloaders(train_records, validation_records, processor, data_args,
+        choose_text_pooling(model, tokenizer, model_args, data_args, train_records, accelerator)
+    loader, sampler, _ = build_dataloaders(train_records, validation_records, processor, data_args,
                                                     train_args)
-    optimizer = pretrain.build_optimizer(model, train_args)
+    optimizer = build_optimizer(model, train_args)
     loss_fn = ConvirtLoss(tau=model_args.tau, loss_lambda=model_args.loss_lambda)
-    augment = pretrain.DeviceAugmentation(data_args, train_args, accelerator) if data_args.gpu_augmentation else None
+    augment = DeviceAugmentation(data_args, train_args, accelerator) if data_args.gpu_augmentation else None
     text_features = FrozenTextFeatures(model) if model.config.text_tower_frozen else None
     model.train()
     device = accelerator.device
@@ -356,14 +367,10 @@ def bench_cpu_demo(args, work_dir: Path) -> dict:
     # the real loop: training/pretrain.py with the same defaults, its seconds per step from its own log
     output_dir = work_dir / "loop"
     total = args.warmup + args.steps
-    pretrain.main(["--output_dir", str(output_dir), "--cache_dir", args.cache_dir, "--max_steps", str(total),
-                   "--logging_steps", "5", "--eval_steps", str(total), "--save_steps", str(total),
-                   "--report_to", "none", "--retrieval_set", "none", *shlex.split(args.pretrain_args)])
-    rows = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
-    windows = sorted(train_args.per_device_batch_size / row["train/samples_per_second"] for row in rows
-                     if "train/samples_per_second" in row and row["step"] > args.warmup)
-    if not windows:
-        raise RuntimeError("the training loop logged no step time after the warm-up; raise --steps")
+    pretrain(*pretraining_arguments({"output_dir": str(output_dir), "cache_dir": args.cache_dir, "max_steps": total,
+                                     "logging_steps": 5, "eval_steps": total, "save_steps": total,
+                                     "report_to": "none", "retrieval_set": "none"}, args.pretrain_args))
+    windows = sorted(train_args.per_device_batch_size / rate for rate in logged_windows(output_dir, args.warmup))
     seconds_per_step = windows[len(windows) // 2]
     logger.info("cpu demo: %.3f s/step in the training loop, %d threads", seconds_per_step, threads)
     return {"name": "cpu_demo", "seconds_per_step": seconds_per_step, "threads": threads, "threads_why": why,
@@ -440,7 +447,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    from convirt_hf.cli import configure_logging
+
+    configure_logging()
     if args.cpu_demo:
         return main_cpu_demo(args, argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

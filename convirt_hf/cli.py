@@ -50,9 +50,11 @@ def load_preset(name_or_path: str, dataclass_types: Sequence[type]) -> dict:
     return values
 
 
-def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, description: str | None = None):
+def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, description: str | None = None,
+                    defaults: dict | None = None):
     """
-    Parses `argv` into one instance of each dataclass, applying `--config` first.
+    Parses `argv` into one instance of each dataclass, applying `defaults` (field name -> value), then `--config`,
+    then the flags.
 
     Returns the dataclass instances followed by the preset path (or None).
     """
@@ -64,6 +66,8 @@ def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None 
         "--config", default=None, help="a preset name (paper, demo, ...) or a YAML file; command-line flags override it"
     )
     preset_path = None
+    if defaults:
+        parser.set_defaults(**defaults)
     if known.config is not None:
         preset_path = resolve_preset(known.config)
         parser.set_defaults(**load_preset(known.config, dataclass_types))
@@ -87,6 +91,11 @@ def positive(name: str, value, allow_zero: bool = False) -> None:
 def one_of(name: str, value, choices: Sequence) -> None:
     if value not in choices:
         raise ValueError(f"--{name} must be one of {list(choices)}, got {value!r}")
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """The entry points' one log format: time, level, logger name, message."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
 
 
 # What a user can fix from one line of text: bad arguments, missing or existing paths, a missing optional extra.

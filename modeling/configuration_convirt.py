@@ -4,6 +4,8 @@
 This file is self-contained (it imports only transformers) because it is copied next to the weights as remote code.
 """
 
+import math
+
 from transformers import BertConfig, PretrainedConfig
 from transformers.utils import logging
 
@@ -72,6 +74,75 @@ DEFAULT_AUTO_MAP = {
     "AutoModel": "modeling_convirt.ConvirtModel",
     "AutoModelForZeroShotImageClassification": "modeling_convirt.ConvirtModel",
 }
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_integer(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _positive_number(name: str, value) -> None:
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _non_negative_number(name: str, value) -> None:
+    if not _is_number(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _unit_interval(name: str, value) -> None:
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+def _choice(choices):
+    def check(name: str, value) -> None:
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return check
+
+
+def _optional(check):
+    return lambda name, value: None if value is None else check(name, value)
+
+
+# The ConVIRT fields and their checks: ConvirtConfig and the pretraining script's arguments both validate with them.
+CONVIRT_FIELD_CHECKS = {
+    "projection": _choice(PROJECTION_KINDS),
+    "projection_dim": _positive_integer,
+    "projection_hidden_dim": _optional(_positive_integer),
+    "tversky_num_features": _positive_integer,
+    "tversky_alpha": _non_negative_number,
+    "tversky_beta": _non_negative_number,
+    "tversky_theta": _non_negative_number,
+    "tversky_intersection": _choice(TVERSKY_INTERSECTIONS),
+    "tversky_difference": _choice(TVERSKY_DIFFERENCES),
+    "tversky_similarity": _choice(TVERSKY_SIMILARITY_MODELS),
+    "tau": _positive_number,
+    "loss_lambda": _unit_interval,
+    "text_pooling": _choice(TEXT_POOLING_KINDS),
+    "freeze_text_embeddings": _choice((True, False)),
+    "num_channels": _positive_integer,
+    "image_size": _positive_integer,
+}
+
+
+def check_convirt_fields(values: dict, num_text_layers: int | None = None) -> None:
+    """
+    Raises `ValueError` whose message starts with the field's name when one of `values` (ConVIRT field name -> value,
+    any subset of `CONVIRT_FIELD_CHECKS` plus `frozen_text_layers`) is out of range. `frozen_text_layers` is checked
+    against `num_text_layers` when the tower's depth is known, else only for its form.
+    """
+    for name, value in values.items():
+        if name == "frozen_text_layers":
+            resolve_frozen_text_layers(value, num_text_layers if num_text_layers is not None else 10**6)
+        else:
+            CONVIRT_FIELD_CHECKS[name](name, value)
 
 
 class ConvirtConfig(PretrainedConfig):
@@ -219,38 +290,11 @@ class ConvirtConfig(PretrainedConfig):
         """Raises `ValueError` naming the field when a ConVIRT setting is out of range."""
         if not isinstance(self.image_model_name, str) or not self.image_model_name:
             raise ValueError(f"image_model_name must be a non-empty timm architecture name, got {self.image_model_name!r}")
-        if self.projection not in PROJECTION_KINDS:
-            raise ValueError(f"projection must be one of {PROJECTION_KINDS}, got {self.projection!r}")
-        # checked whatever the projection, so that a config switched to projection="tversky" later is already valid
-        count = self.tversky_num_features
-        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
-            raise ValueError(f"tversky_num_features must be a positive integer, got {self.tversky_num_features!r}")
-        for name in ("tversky_alpha", "tversky_beta", "tversky_theta"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        for name, choices in (("tversky_intersection", TVERSKY_INTERSECTIONS),
-                              ("tversky_difference", TVERSKY_DIFFERENCES),
-                              ("tversky_similarity", TVERSKY_SIMILARITY_MODELS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        if self.text_pooling not in TEXT_POOLING_KINDS:
-            raise ValueError(f"text_pooling must be one of {TEXT_POOLING_KINDS}, got {self.text_pooling!r}")
-        if not float(self.tau) > 0:
-            raise ValueError(f"tau must be > 0 (it divides the cosine similarities), got {self.tau!r}")
-        if not 0.0 <= float(self.loss_lambda) <= 1.0:
-            raise ValueError(f"loss_lambda must be in [0, 1], got {self.loss_lambda!r}")
-        if int(self.projection_dim) <= 0:
-            raise ValueError(f"projection_dim must be a positive integer, got {self.projection_dim!r}")
-        if self.projection_hidden_dim is not None and int(self.projection_hidden_dim) <= 0:
-            raise ValueError(f"projection_hidden_dim must be a positive integer or None, got {self.projection_hidden_dim!r}")
-        if int(self.num_channels) <= 0:
-            raise ValueError(f"num_channels must be a positive integer, got {self.num_channels!r}")
-        if int(self.image_size) <= 0:
-            raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
+        check_convirt_fields({name: getattr(self, name) for name in (*CONVIRT_FIELD_CHECKS, "frozen_text_layers")},
+                             num_text_layers=self.text_config.num_hidden_layers)
         num_layers = self.text_config.num_hidden_layers
-        count = resolve_frozen_text_layers(self.frozen_text_layers, num_layers)
-        if count == num_layers > 0 and self.frozen_text_layers != "all":
+        if resolve_frozen_text_layers(self.frozen_text_layers, num_layers) == num_layers > 0 \
+                and self.frozen_text_layers != "all":
             # a warning, not an error: saved folders must load (ConvirtModel.from_pretrained_towers and the
             # pretraining script refuse this setting before any training)
             logger.warning(

@@ -227,7 +227,7 @@ def test_a_preprocessed_corpus_trains_on_its_train_split_by_default(corpus, tmp_
     ("flag", "value", "message"),
     [
         ("learning_rate", "-1", "--learning_rate must be > 0"),
-        ("tau", "0", "--tau must be > 0"),
+        ("tau", "0", "--tau must be a finite number > 0"),
         ("loss_lambda", "1.5", "--loss_lambda must be in"),
         ("per_device_batch_size", "0", "--per_device_batch_size must be > 0"),
         ("projection", "transformer", "--projection must be one of"),

@@ -22,6 +22,7 @@ from test_pretrain import corpus, read_log, tiny_args  # noqa: F401  (corpus is 
 from convirt_hf.checkpointing import latest_checkpoint
 from convirt_hf.data.gpu_augment import batch_seed
 from convirt_hf.data.transforms import AUGMENTATION_PRESETS
+from convirt_hf.pretraining.data import DeviceAugmentation
 from convirt_hf.training import pretrain
 
 # mixed sizes, as preprocessed shards have (256 px on the long side): portrait, landscape, square, smaller
@@ -52,7 +53,7 @@ def test_device_augmentation_uses_the_presets_ranges_and_a_seed_of_the_batch_pos
     accelerator = SimpleNamespace(device=torch.device("cpu"), process_index=3)
     for preset in ("light", "paper"):
         data_args = SimpleNamespace(image_size=24, augmentation=preset)
-        augmentation = pretrain.DeviceAugmentation(data_args, SimpleNamespace(seed=5, channels_last=True), accelerator)
+        augmentation = DeviceAugmentation(data_args, SimpleNamespace(seed=5, channels_last=True), accelerator)
         assert augmentation.augment.ranges == AUGMENTATION_PRESETS[preset]  # what ConvirtTrainTransform gets
         assert augmentation.augment.output_size == 24 and augmentation.augment.channels_last
     images = torch.randint(0, 256, (4, 1, 30, 28), dtype=torch.uint8)

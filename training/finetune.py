@@ -32,10 +32,11 @@ from tqdm.auto import tqdm
 
 from convirt_hf.cli import (
     argument_errors,
-    check_fraction,
     check_folder_path,
+    check_fraction,
     check_seeds,
     check_synthetic_corpus_arguments,
+    configure_logging,
     parse_arguments,
     positive,
     run_cli,
@@ -303,7 +304,7 @@ def finetune_one(records, task, args, seed, accelerator, output_dir: Path, data_
 
 def main(argv: list[str] | None = None) -> dict:
     (args, _preset) = parse_arguments((FinetuneArguments,), argv, description=__doc__)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging()
     # the encoder takes no part in the head warm-up's backward pass, which DDP must be told
     accelerator = Accelerator(mixed_precision=args.mixed_precision,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])

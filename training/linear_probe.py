@@ -26,6 +26,7 @@ from convirt_hf.cli import (
     check_output_file,
     check_seeds,
     check_synthetic_corpus_arguments,
+    configure_logging,
     one_of,
     parse_arguments,
     positive,
@@ -130,7 +131,7 @@ def head_options(args: LinearProbeArguments) -> dict | None:
 
 def main(argv: list[str] | None = None) -> dict:
     (args, _preset) = parse_arguments((LinearProbeArguments,), argv, description=__doc__)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging()
     folder = corpus_folder(args.dataset, args.cache_dir, args.synthetic_seed, args.synthetic_pretrain_size)
     records = classification_splits(folder, {"train": args.train_split, "validation": args.validation_split,
                                              "test": args.test_split})

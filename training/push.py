@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convirt_hf.cli import argument_errors, check_folder_path, parse_arguments, run_cli
+from convirt_hf.cli import argument_errors, check_folder_path, configure_logging, parse_arguments, run_cli
 from convirt_hf.hub import (
     build_publish_folder,
     build_timm_folder,
@@ -155,7 +155,7 @@ def publish(args: PushArguments, build_root: Path, api=None) -> dict:
 def main(argv: list[str] | None = None, api=None) -> dict:
     """Runs the CLI on `argv`; `api` replaces `huggingface_hub.HfApi()` (tests pass a fake). Returns the push plans."""
     (args, _preset) = parse_arguments((PushArguments,), argv, description=__doc__)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging()
     # The arguments were checked as they were parsed; the token is the last thing that can fail before the build.
     if not args.dry_run:
         resolve_token(api)

@@ -28,6 +28,7 @@ way).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -41,11 +42,12 @@ import torch
 
 from convirt_hf.cli import (
     argument_errors,
-    check_fraction,
     check_folder_path,
+    check_fraction,
     check_output_file,
     check_seeds,
     check_synthetic_corpus_arguments,
+    configure_logging,
     one_of,
     parse_arguments,
     positive,
@@ -204,9 +206,9 @@ def check_pretrain_overrides(overrides: str) -> None:
         return
     from transformers import HfArgumentParser
 
-    from convirt_hf.training import pretrain
+    from convirt_hf.pretraining import DataArguments, ModelArguments, PretrainingArguments
 
-    parser = HfArgumentParser((pretrain.ModelArguments, pretrain.DataArguments, pretrain.PretrainingArguments),
+    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments),
                               add_help=False, exit_on_error=False)
     parser.add_argument("--config")
     unset = object()  # tells an argument the overrides set from one they leave at its default
@@ -253,24 +255,32 @@ def is_finished_run(folder: Path) -> bool:
 def pretrained_folder(args: ReproduceArguments, tau: float, projection: str | None = None) -> Path:
     """The finished run of [`run_folder`]: reused when present, resumed when interrupted, otherwise pretrained now."""
     from convirt_hf.checkpointing import latest_checkpoint
-    from convirt_hf.training import pretrain
+    from convirt_hf.pretraining import DataArguments, ModelArguments, PretrainingArguments, pretrain
 
     folder = run_folder(args, tau, projection)
     if args.pretrained is not None and folder == Path(args.pretrained):
         return folder
-    projection_argv = [] if projection in (None, args.main_projection) else ["--projection", projection]
     if is_finished_run(folder):
         logger.info("reusing the finished run %s", folder)
         return folder
-    argv = ["--config", args.pretrain_config, "--tau", str(tau), *projection_argv, "--output_dir", str(folder),
-            "--cache_dir", args.cache_dir, "--synthetic_seed", str(args.synthetic_seed),
-            "--synthetic_pretrain_size", str(args.synthetic_pretrain_size), *shlex.split(args.pretrain_overrides)]
-    if latest_checkpoint(folder / "checkpoints") is not None:
-        argv += ["--resume", "latest"]
-    elif folder.exists():
-        argv += ["--overwrite_output_dir"]  # a run that stopped before its first checkpoint: nothing to keep
-    logger.info("pretraining %s: pretrain.py %s", folder, shlex.join(argv))
-    pretrain.main(argv)
+    resume = latest_checkpoint(folder / "checkpoints") is not None
+    # a run that stopped before its first checkpoint has nothing to keep: it is started over
+    settings = {"tau": tau, "output_dir": str(folder), "cache_dir": args.cache_dir, "synthetic_seed": args.synthetic_seed,
+                "synthetic_pretrain_size": args.synthetic_pretrain_size, "resume": "latest" if resume else None,
+                "overwrite_output_dir": folder.exists() and not resume}
+    if projection not in (None, args.main_projection):
+        settings["projection"] = projection
+    model_args, data_args, training_args, preset = parse_arguments(
+        (ModelArguments, DataArguments, PretrainingArguments),
+        ["--config", args.pretrain_config, *shlex.split(args.pretrain_overrides)],
+    )
+    model_args, data_args, training_args = (
+        dataclasses.replace(arguments, **{k: v for k, v in settings.items() if k in arguments.__dataclass_fields__})
+        for arguments in (model_args, data_args, training_args)
+    )
+    logger.info("pretraining %s (preset %s, %s)", folder, args.pretrain_config,
+                ", ".join(f"{key} {value}" for key, value in settings.items() if key != "output_dir"))
+    pretrain(model_args, data_args, training_args, preset=preset)
     return folder
 
 
@@ -367,7 +377,7 @@ def retrieval_rows(name: str, results: dict, tau: float | None = None) -> list[d
 
 def main(argv: list[str] | None = None) -> dict:
     (args, _preset) = parse_arguments((ReproduceArguments,), argv, description=__doc__)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging()
     from convirt_hf import ConvirtModel, ConvirtProcessor
     from convirt_hf.evaluation.scoring import headline_metric
     from convirt_hf.evaluation.zero_shot import load_retrieval_set

@@ -36,6 +36,7 @@ from convirt_hf.cli import (
     check_folder_path,
     check_output_file,
     check_synthetic_corpus_arguments,
+    configure_logging,
     parse_arguments,
     positive,
     run_cli,
@@ -312,7 +313,7 @@ def _zero_shot_records(args: RetrievalArguments, retrieval_folder: Path):
 
 def main(argv: list[str] | None = None) -> dict:
     (args, _preset) = parse_arguments((RetrievalArguments,), argv, description=__doc__)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging()
     from convirt_hf import ConvirtModel, ConvirtProcessor
     from convirt_hf.evaluation.chexpert import build_chexpert_retrieval_set
     from convirt_hf.evaluation.corpora import corpus_folder

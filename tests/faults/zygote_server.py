@@ -83,7 +83,9 @@ def install_faults(faults: list[dict]) -> None:
     def fault(kind):
         return [f for f in faults if f["kind"] == kind]
 
-    original_save_checkpoint = pretrain.save_checkpoint
+    from convirt_hf.pretraining import loop
+
+    original_save_checkpoint = loop.save_checkpoint
 
     def counting_save_checkpoint(*args, **kwargs):
         _Counter.checkpoint += 1
@@ -93,7 +95,7 @@ def install_faults(faults: list[dict]) -> None:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limit["bytes"], resource.RLIM_INFINITY))
         return result
 
-    pretrain.save_checkpoint = counting_save_checkpoint
+    loop.save_checkpoint = counting_save_checkpoint  # the loop's checkpoints (periodic and before a stop)
 
     kills = {f["phase"]: f["checkpoint"] for f in fault("kill_in_checkpoint")}
 
