@@ -1,4 +1,5 @@
 # Two commands do everything on a fresh machine: `make pretrain` (the default pretraining run) and `make test`.
+# `make lint` and `make test-fast` are for everyday work (see CONTRIBUTING.md).
 PYTHON ?= python3
 VENV ?= .venv
 # torch/torchvision are installed first, as a pair that imports together (override for another CUDA/CPU build).
@@ -10,7 +11,7 @@ PRETRAIN_ARGS ?=
 
 BIN := $(VENV)/bin
 
-.PHONY: setup test pretrain clean-venv
+.PHONY: setup test test-fast lint pretrain clean-venv
 
 $(BIN)/.convirt-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,14 @@ setup: $(BIN)/.convirt-installed
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# everything but the end-to-end checks marked slow
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 pretrain: setup
 	$(BIN)/accelerate launch $(ACCELERATE_ARGS) training/pretrain.py $(PRETRAIN_ARGS)

@@ -17,6 +17,8 @@ import re
 import shutil
 from pathlib import Path
 
+from convirt_hf.atomic import swap_in_folder
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})$")
@@ -48,19 +50,6 @@ def complete_checkpoints(checkpoints_dir: str | os.PathLike) -> list[Path]:
 def latest_checkpoint(checkpoints_dir: str | os.PathLike) -> Path | None:
     found = complete_checkpoints(checkpoints_dir)
     return found[-1] if found else None
-
-
-def _fsync_directory(path: Path) -> None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 # What a failed write raises: the OS (a full disk, a file-size limit, a vanished mount), safetensors (its Rust writer
@@ -120,15 +109,9 @@ def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, step: int, 
             + " Free space (or fix the storage) and resume with --resume latest."
         ) from failure
     if accelerator.is_main_process:
-        replaced = None
-        if final.exists():  # the same step saved again after a resume: swap, so a crash never leaves neither
-            replaced = checkpoints_dir / f"{TEMPORARY_PREFIX}replaced-{checkpoint_name(step)}"
-            shutil.rmtree(replaced, ignore_errors=True)
-            os.replace(final, replaced)
-        os.replace(temporary, final)
-        _fsync_directory(checkpoints_dir)
-        if replaced is not None:
-            shutil.rmtree(replaced, ignore_errors=True)
+        # the same step saved again after a resume replaces its checkpoint by a swap: a crash never leaves neither
+        swap_in_folder(temporary, final, aside=checkpoints_dir / f"{TEMPORARY_PREFIX}replaced-{checkpoint_name(step)}",
+                       sync=True)
         for old in complete_checkpoints(checkpoints_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         logger.info("saved checkpoint %s", final)

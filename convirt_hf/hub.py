@@ -22,6 +22,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from convirt_hf.atomic import swap_in_folder
+
 logger = logging.getLogger(__name__)
 
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -204,10 +206,8 @@ def _prepare_destination(out_dir: Path, trained_dir: Path, overwrite: bool, allo
 
 
 def _replace(partial: Path, out_dir: Path) -> None:
-    # The finished build replaces the old one in one rename, so a failed build never leaves half a folder.
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(partial, out_dir)
+    # The finished build replaces the old one by renames, so a failed build never leaves half a folder.
+    swap_in_folder(partial, out_dir)
 
 
 def _fill_auto_map(path: Path, required: dict) -> None:

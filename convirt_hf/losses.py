@@ -1,6 +1,6 @@
 """The ConVIRT loss for one or many processes.
 
-The formula (PAPER.md): for N pairs with L2-normalised image embeddings v and text embeddings u,
+The formula (Zhang et al., arXiv 2010.00747): for N pairs with L2-normalised image embeddings v and text embeddings u,
 
     l(v->u)_i = -log( exp(<v_i,u_i>/tau) / sum_k exp(<v_i,u_k>/tau) )
     l(u->v)_i = -log( exp(<u_i,v_i>/tau) / sum_k exp(<u_i,v_k>/tau) )

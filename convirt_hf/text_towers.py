@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
+from convirt_hf.modes import evaluating
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PACKAGE_PREFIX = "package:"
 SCRATCH = "scratch"  # the --text_tower value that trains a small BERT from scratch
@@ -126,15 +128,11 @@ def pooling_spread(text_encoder, tokenizer, sentences: Sequence[str], poolings: 
 
     if len(sentences) < 2:
         raise ValueError("pooling_spread needs at least two different sentences")
-    was_training = text_encoder.training
-    text_encoder.eval()
-    try:
+    with evaluating(text_encoder):
         device = next(text_encoder.parameters()).device
         batch = tokenizer(list(sentences), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         batch = {key: value.to(device) for key, value in batch.items() if key in ("input_ids", "attention_mask")}
         hidden = text_encoder(**batch).last_hidden_state.float()
-    finally:
-        text_encoder.train(was_training)
     count = len(sentences)
     spread = {}
     for pooling in poolings:

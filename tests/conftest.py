@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,16 +21,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-TESTS_DIR = Path(__file__).resolve().parent
-if str(TESTS_DIR) not in sys.path:
-    sys.path.insert(0, str(TESTS_DIR))
-
-from helpers import build_tokenizer, tiny_config  # noqa: E402
+from helpers import build_tokenizer, tiny_config  # noqa: E402  (tests/ is on pytest's pythonpath)
 
 
 @pytest.fixture(scope="session")
 def hf_home() -> Path:
     return Path(_HF_HOME)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """The pretraining tests' corpus: 64 synthetic pairs of 48 px, 16 for validation, a 6 x 8 + 8 retrieval set."""
+    from convirt_hf.data.synthetic import SyntheticCorpusConfig, generate_synthetic_corpus
+
+    config = SyntheticCorpusConfig(seed=0, image_size=48, num_pretrain=64, num_validation=16, num_cls_train=0,
+                                   num_cls_val=0, num_cls_test=0, retrieval_candidates_per_category=6,
+                                   retrieval_queries_per_category=1)
+    return generate_synthetic_corpus(tmp_path_factory.mktemp("tiny-corpus") / "synthetic", config)
 
 
 @pytest.fixture(scope="session")

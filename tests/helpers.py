@@ -136,6 +136,14 @@ class FakeHfApi:
         return [name for name, _ in self.calls]
 
 
+def read_log(output_dir: Path) -> list[dict]:
+    """The rows of a run's train_log.jsonl (none when it has not written one)."""
+    import json
+
+    path = Path(output_dir) / "train_log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
 def tiny_args(corpus: Path, output_dir: Path, **overrides) -> list[str]:
     """training/pretrain.py arguments for CPU tests: test_resnet, a 1-layer BERT from scratch, 32 px, batches of 8,
     12 steps."""

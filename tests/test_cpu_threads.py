@@ -13,7 +13,6 @@ import torch
 from helpers import tiny_args
 
 from convirt_hf import cpu_threads
-from convirt_hf.data.synthetic import SyntheticCorpusConfig, generate_synthetic_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "training" / "pretrain.py"
@@ -100,11 +99,8 @@ def test_a_gpu_process_keeps_torchs_setting():
 
 
 @pytest.mark.slow
-def test_every_launcher_gives_the_run_all_cores_and_the_log_says_so(tmp_path):
-    config = SyntheticCorpusConfig(seed=0, image_size=48, num_pretrain=32, num_validation=16, num_cls_train=0,
-                                   num_cls_val=0, num_cls_test=0, retrieval_candidates_per_category=0,
-                                   retrieval_queries_per_category=0)
-    corpus = generate_synthetic_corpus(tmp_path / "corpus", config)
+def test_every_launcher_gives_the_run_all_cores_and_the_log_says_so(tiny_corpus, tmp_path):
+    corpus = tiny_corpus
     env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
     accelerate = [str(Path(sys.executable).with_name("accelerate")), "launch", "--num_processes", "1"]
     expected = cpu_threads.available_cores()

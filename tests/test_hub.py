@@ -17,12 +17,11 @@ import torch
 from convirt_hf.training import pretrain
 from convirt_hf.training import push as push_cli
 from convirt_hf.training.retrieval import retrieval_rows
-from helpers import FakeHfApi, run_clean_python
+from helpers import FakeHfApi, run_clean_python, tiny_args
 from huggingface_hub import ModelCard
 from PIL import Image
 
 from convirt_hf import hub
-from convirt_hf.data.synthetic import SyntheticCorpusConfig, generate_synthetic_corpus
 from convirt_hf.evaluation.linear_probe import summarise_runs
 from convirt_hf.evaluation.reporting import write_results
 
@@ -42,20 +41,10 @@ REQUIRED_TAGS = {"convirt", "contrastive-learning", "medical-imaging", "chest-x-
 
 
 @pytest.fixture(scope="module")
-def trained_dir(tmp_path_factory) -> Path:
+def trained_dir(tiny_corpus, tmp_path_factory) -> Path:
     """A real (tiny) training/pretrain.py output folder, with retrieval metrics in metrics.json."""
-    corpus = generate_synthetic_corpus(
-        tmp_path_factory.mktemp("corpus") / "synthetic",
-        SyntheticCorpusConfig(seed=0, image_size=48, num_pretrain=32, num_validation=16, num_cls_train=0,
-                              num_cls_val=0, num_cls_test=0, retrieval_candidates_per_category=6,
-                              retrieval_queries_per_category=1),
-    )
     output_dir = tmp_path_factory.mktemp("run") / "convirt-tiny"
-    values = {"dataset": corpus, "retrieval_set": corpus, "output_dir": output_dir, "image_model_name": "test_resnet",
-              "text_tower": "scratch", "text_layers": 1, "text_hidden_size": 32, "text_vocab_size": 300, "projection_dim": 16,
-              "image_size": 32, "per_device_batch_size": 8, "max_steps": 3, "eval_steps": 3, "save_steps": 3,
-              "logging_steps": 1, "report_to": "none", "max_length": 32}
-    pretrain.main([item for key, value in values.items() for item in (f"--{key}", str(value))])
+    pretrain.main(tiny_args(tiny_corpus, output_dir, projection_dim=16, max_steps=3, eval_steps=3, save_steps=3))
     return output_dir
 
 

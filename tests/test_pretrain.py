@@ -15,28 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_clean_python, tiny_args
+from helpers import read_log, run_clean_python, tiny_args
 from safetensors.torch import load_file
 
 from convirt_hf.checkpointing import latest_checkpoint
-from convirt_hf.data.synthetic import SyntheticCorpusConfig, generate_synthetic_corpus
 from convirt_hf.training import pretrain
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "training" / "pretrain.py"
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    config = SyntheticCorpusConfig(seed=0, image_size=48, num_pretrain=64, num_validation=16, num_cls_train=0,
-                                   num_cls_val=0, num_cls_test=0, retrieval_candidates_per_category=6,
-                                   retrieval_queries_per_category=1)
-    return generate_synthetic_corpus(tmp_path_factory.mktemp("corpus") / "synthetic", config)
-
-
-def read_log(output_dir: Path) -> list[dict]:
-    path = output_dir / "train_log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def run_script(args: list[str], launcher: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -48,11 +34,11 @@ def run_script(args: list[str], launcher: list[str] | None = None, timeout: int 
     return result
 
 
-def test_training_lowers_the_loss_and_writes_a_loadable_folder(corpus, tmp_path, hf_home):
+def test_training_lowers_the_loss_and_writes_a_loadable_folder(tiny_corpus, tmp_path, hf_home):
     output_dir = tmp_path / "run"
     # Whole reports: with 64 pairs and batches of 8, sampled sentences repeat so often within a batch that the loss
     # cannot fall far below ln(8) in a test's budget; whole reports are unique, so learning shows within 120 steps.
-    metrics = pretrain.main(tiny_args(corpus, output_dir, max_steps=120, eval_steps=60, save_steps=60,
+    metrics = pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=120, eval_steps=60, save_steps=60,
                                       text_mode="report"))
     losses = [row["train/loss"] for row in read_log(output_dir) if "train/loss" in row]
     assert len(losses) == 120
@@ -79,7 +65,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_folder(corpus, tmp_path,
     processor = AutoProcessor.from_pretrained(output_dir)
     from datasets import load_from_disk
 
-    image = load_from_disk(str(corpus))["retrieval_queries"][0]["image"]
+    image = load_from_disk(str(tiny_corpus))["retrieval_queries"][0]["image"]
     inputs = processor(images=[image], text=["the heart is enlarged .", "no pleural effusion ."])
     with torch.no_grad():
         expected_logits = model(**inputs).logits_per_image
@@ -99,15 +85,15 @@ def test_training_lowers_the_loss_and_writes_a_loadable_folder(corpus, tmp_path,
                                rtol=1e-5, atol=1e-5)
 
 
-def test_two_processes_first_step_equals_one_process_on_the_global_batch(corpus, tmp_path):
+def test_two_processes_first_step_equals_one_process_on_the_global_batch(tiny_corpus, tmp_path):
     # LayerNorm tower and no dropout: with BatchNorm each process normalises its own half of the batch, so the two
     # runs would differ by design, not by the loss.
     common = dict(image_model_name="test_convnext", text_dropout=0.0, max_steps=2, eval_steps=2, save_steps=2)
-    run_script(tiny_args(corpus, tmp_path / "one", per_device_batch_size=16, **common))
+    run_script(tiny_args(tiny_corpus, tmp_path / "one", per_device_batch_size=16, **common))
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                 str(29500 + random.randint(0, 2000))]
-    two = run_script(tiny_args(corpus, tmp_path / "two", per_device_batch_size=8, **common), launcher=launcher)
+    two = run_script(tiny_args(tiny_corpus, tmp_path / "two", per_device_batch_size=8, **common), launcher=launcher)
     assert "2 process(es)" in two.stderr + two.stdout
     one_log, two_log = read_log(tmp_path / "one"), read_log(tmp_path / "two")
     first_one = next(row for row in one_log if row["step"] == 1 and "train/loss" in row)
@@ -117,14 +103,14 @@ def test_two_processes_first_step_equals_one_process_on_the_global_batch(corpus,
     assert metrics["world_size"] == 2 and metrics["samples_seen"] == 2 * 16
 
 
-def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(corpus, tmp_path):
+def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(tiny_corpus, tmp_path):
     steps = 16
     args = dict(max_steps=steps, save_steps=3, eval_steps=8)
-    run_script(tiny_args(corpus, tmp_path / "uninterrupted", **args))
+    run_script(tiny_args(tiny_corpus, tmp_path / "uninterrupted", **args))
 
     killed_dir = tmp_path / "killed"
     kill_after = random.Random(os.getpid()).randint(4, steps - 3)
-    command = [sys.executable, str(SCRIPT)] + tiny_args(corpus, killed_dir, **args)
+    command = [sys.executable, str(SCRIPT)] + tiny_args(tiny_corpus, killed_dir, **args)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -138,7 +124,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(co
     checkpoint = latest_checkpoint(killed_dir / "checkpoints")
     assert checkpoint is not None and json.loads((checkpoint / "train_state.json").read_text())["step"] < steps
 
-    run_script(tiny_args(corpus, killed_dir, resume="latest", **args))
+    run_script(tiny_args(tiny_corpus, killed_dir, resume="latest", **args))
     final = f"checkpoints/step_{steps:08d}/model.safetensors"
     expected, actual = load_file(tmp_path / "uninterrupted" / final), load_file(killed_dir / final)
     assert expected.keys() == actual.keys()
@@ -147,7 +133,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(co
 
 
 @pytest.mark.parametrize("gpu_augmentation", [True, False])
-def test_a_poisoned_batch_stops_with_a_message_and_a_saved_state(corpus, tmp_path, monkeypatch, gpu_augmentation):
+def test_a_poisoned_batch_stops_with_a_message_and_a_saved_state(tiny_corpus, tmp_path, monkeypatch, gpu_augmentation):
     from convirt_hf.data.pairs import PairViews
 
     original = PairViews.__getitem__
@@ -163,7 +149,7 @@ def test_a_poisoned_batch_stops_with_a_message_and_a_saved_state(corpus, tmp_pat
     output_dir = tmp_path / "nan"
     with pytest.raises(pretrain.NonFiniteTrainingError,
                        match=r"Non-finite pixel values in the batch of step \d+ .*synthetic-0-pretrain-000005"):
-        pretrain.main(tiny_args(corpus, output_dir, max_steps=20, save_steps=50, gpu_augmentation=gpu_augmentation))
+        pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=20, save_steps=50, gpu_augmentation=gpu_augmentation))
     checkpoint = latest_checkpoint(output_dir / "checkpoints")
     assert checkpoint is not None
     state = json.loads((checkpoint / "train_state.json").read_text())
@@ -172,7 +158,7 @@ def test_a_poisoned_batch_stops_with_a_message_and_a_saved_state(corpus, tmp_pat
     assert state["step"] < 20
 
 
-def test_a_non_finite_loss_stops_and_saves_the_state_for_inspection(corpus, tmp_path, monkeypatch):
+def test_a_non_finite_loss_stops_and_saves_the_state_for_inspection(tiny_corpus, tmp_path, monkeypatch):
     from convirt_hf.losses import ConvirtLoss
 
     calls = {"count": 0}
@@ -186,32 +172,32 @@ def test_a_non_finite_loss_stops_and_saves_the_state_for_inspection(corpus, tmp_
     monkeypatch.setattr(ConvirtLoss, "forward", overflowing)
     output_dir = tmp_path / "inf"
     with pytest.raises(pretrain.NonFiniteTrainingError, match=r"loss became (inf|nan) at step 6 .*step_00000004"):
-        pretrain.main(tiny_args(corpus, output_dir, max_steps=20, save_steps=4, eval_steps=50))
+        pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=20, save_steps=4, eval_steps=50))
     assert (output_dir / "non_finite_state_step_00000006" / "model.safetensors").is_file()
     assert latest_checkpoint(output_dir / "checkpoints").name == "step_00000004"
 
 
-def test_output_folder_rules(corpus, tmp_path):
+def test_output_folder_rules(tiny_corpus, tmp_path):
     stranger = tmp_path / "not_a_run"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not a previous run"):
-        pretrain.main(tiny_args(corpus, stranger))
+        pretrain.main(tiny_args(tiny_corpus, stranger))
     assert (stranger / "notes.txt").read_text() == "keep me"
 
     output_dir = tmp_path / "run"
-    pretrain.main(tiny_args(corpus, output_dir, max_steps=2, eval_steps=2, save_steps=2))
+    pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=2, eval_steps=2, save_steps=2))
     with pytest.raises(ValueError, match="--resume latest.*--overwrite_output_dir"):
-        pretrain.main(tiny_args(corpus, output_dir, max_steps=2))
+        pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=2))
     with pytest.raises(ValueError, match="different settings"):
-        pretrain.main(tiny_args(corpus, output_dir, max_steps=4, per_device_batch_size=4, resume="latest"))
-    pretrain.main(tiny_args(corpus, output_dir, max_steps=2, eval_steps=2, save_steps=2) + ["--overwrite_output_dir"])
+        pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=4, per_device_batch_size=4, resume="latest"))
+    pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=2, eval_steps=2, save_steps=2) + ["--overwrite_output_dir"])
 
 
-def test_a_preprocessed_corpus_trains_on_its_train_split_by_default(corpus, tmp_path):
+def test_a_preprocessed_corpus_trains_on_its_train_split_by_default(tiny_corpus, tmp_path):
     from datasets import DatasetDict, load_from_disk
 
-    synthetic = load_from_disk(str(corpus))
+    synthetic = load_from_disk(str(tiny_corpus))
     preprocessed = tmp_path / "shards"  # the split names convirt_hf.data.preprocess writes
     DatasetDict(train=synthetic["pretrain"], validation=synthetic["validation"]).save_to_disk(str(preprocessed))
     output_dir = tmp_path / "run"
@@ -237,8 +223,8 @@ def test_a_preprocessed_corpus_trains_on_its_train_split_by_default(corpus, tmp_
         ("augmentation", "heavy", "--augmentation must be one of"),
     ],
 )
-def test_invalid_arguments_fail_before_training(corpus, tmp_path, flag, value, message):
-    args = tiny_args(corpus, tmp_path / "never")
+def test_invalid_arguments_fail_before_training(tiny_corpus, tmp_path, flag, value, message):
+    args = tiny_args(tiny_corpus, tmp_path / "never")
     index = args.index(f"--{flag}") if f"--{flag}" in args else None
     if index is None:
         args += [f"--{flag}", value]
@@ -261,12 +247,12 @@ def test_presets_load_and_unknown_keys_are_named(tmp_path):
         pretrain.main(["--config", str(bad)])
 
 
-def test_tensorboard_receives_scalars(corpus, tmp_path):
+def test_tensorboard_receives_scalars(tiny_corpus, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     output_dir = tmp_path / "tb"
-    pretrain.main(tiny_args(corpus, output_dir, max_steps=4, eval_steps=4, save_steps=4, report_to="tensorboard"))
+    pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=4, eval_steps=4, save_steps=4, report_to="tensorboard"))
     event_files = list((output_dir / "runs").rglob("events.out.tfevents.*"))
     assert event_files
     events = EventAccumulator(str(event_files[0].parent))

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_pretrain import corpus, read_log, tiny_args  # noqa: F401  (corpus is a fixture)
+from helpers import read_log, tiny_args
 
 from convirt_hf.checkpointing import latest_checkpoint
 from convirt_hf.data.gpu_augment import batch_seed
@@ -30,10 +30,10 @@ MIXED_SIZES = [(48, 40), (40, 48), (48, 48), (36, 44)]
 
 
 @pytest.fixture(scope="module")
-def mixed_size_corpus(corpus, tmp_path_factory) -> Path:  # noqa: F811
+def mixed_size_corpus(tiny_corpus, tmp_path_factory) -> Path:  # noqa: F811
     from datasets import DatasetDict, load_from_disk
 
-    synthetic = load_from_disk(str(corpus))
+    synthetic = load_from_disk(str(tiny_corpus))
 
     def resize(row, index):
         height, width = MIXED_SIZES[index % len(MIXED_SIZES)]
@@ -95,18 +95,18 @@ def test_gpu_augmentation_trains_on_mixed_sizes_and_writes_a_loadable_folder(mix
     assert torch.isfinite(embeds).all()
 
 
-def test_resuming_mid_epoch_gives_the_uninterrupted_weights(corpus, tmp_path):  # noqa: F811
+def test_resuming_mid_epoch_gives_the_uninterrupted_weights(tiny_corpus, tmp_path):  # noqa: F811
     # 64 pairs in batches of 8: 8 batches an epoch; the checkpoint at step 6 is mid-epoch, and the resumed run
     # crosses into the next epoch
     args = dict(max_steps=12, save_steps=6, eval_steps=6, gpu_augmentation=True, text_dropout=0.1)
     uninterrupted = tmp_path / "uninterrupted"
-    pretrain.main(tiny_args(corpus, uninterrupted, **args))
+    pretrain.main(tiny_args(tiny_corpus, uninterrupted, **args))
     resumed = tmp_path / "resumed"
     shutil.copytree(uninterrupted, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step_00000012")
     assert latest_checkpoint(resumed / "checkpoints").name == "step_00000006"
     torch.manual_seed(1234)  # a different global state than the first run's at its step 6: restored from the checkpoint
-    pretrain.main(tiny_args(corpus, resumed, resume="latest", **args))
+    pretrain.main(tiny_args(tiny_corpus, resumed, resume="latest", **args))
     final = "checkpoints/step_00000012/model.safetensors"
     expected, actual = load_file(uninterrupted / final), load_file(resumed / final)
     assert expected.keys() == actual.keys()
@@ -131,7 +131,7 @@ def late_mean(*curves: list[float]) -> float:
     return sum(sum(curve[LATE:]) / len(curve[LATE:]) for curve in curves) / len(curves)
 
 
-def test_the_loss_curve_matches_the_plain_paths_within_the_run_to_run_spread(corpus, tmp_path):  # noqa: F811
+def test_the_loss_curve_matches_the_plain_paths_within_the_run_to_run_spread(tiny_corpus, tmp_path):  # noqa: F811
     """
     Seeds 1 and 2, each with and without --gpu_augmentation: the fast runs' mean loss from step 40 on must differ
     from the plain runs' by less than 1.5 times the run-to-run spread of the two plain runs (their smoothed curves'
@@ -139,7 +139,7 @@ def test_the_loss_curve_matches_the_plain_paths_within_the_run_to_run_spread(cor
 
     Why 1.5: the two paths draw different views from the same distributions, so a fast run differs from the plain
     run of its seed about as much as another seed does. Measured with exactly this setting (120 steps; seeds 1-6
-    taken two at a time, 30 ordered pairs; this corpus and one of 36 px images): the ratio was at most 1.26 (median
+    taken two at a time, 30 ordered pairs; this tiny_corpus and one of 36 px images): the ratio was at most 1.26 (median
     0.20 and 0.67). With a fast path whose views are shuffled against their reports (no learning signal) it was at
     least 1.68 (median 3.4), and with the views drawn from the 'paper' ranges instead of the run's 'light' ones at
     least 1.22 (median 2.8): the test fails on a broken fast path, and mostly on a wrong preset.
@@ -150,7 +150,7 @@ def test_the_loss_curve_matches_the_plain_paths_within_the_run_to_run_spread(cor
     for fast in (False, True):
         for seed in (1, 2):
             output_dir = tmp_path / f"{'fast' if fast else 'plain'}_{seed}"
-            pretrain.main(tiny_args(corpus, output_dir, seed=seed, gpu_augmentation=fast, **common))
+            pretrain.main(tiny_args(tiny_corpus, output_dir, seed=seed, gpu_augmentation=fast, **common))
             curves[fast, seed] = train_losses(output_dir)
             assert len(curves[fast, seed]) == steps
     spread = late_spread(curves[False, 1], curves[False, 2])
@@ -162,7 +162,7 @@ def test_the_loss_curve_matches_the_plain_paths_within_the_run_to_run_spread(cor
         assert smoothed(curve)[-1] < smoothed(curve)[0] - 0.2, (key, curve)
 
 
-def test_a_poisoned_batch_is_caught_after_the_device_augmentation(corpus, tmp_path, monkeypatch):  # noqa: F811
+def test_a_poisoned_batch_is_caught_after_the_device_augmentation(tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
     from convirt_hf.data.pairs import PairViews
 
     original = PairViews.__getitem__
@@ -177,7 +177,7 @@ def test_a_poisoned_batch_is_caught_after_the_device_augmentation(corpus, tmp_pa
     output_dir = tmp_path / "nan"
     with pytest.raises(pretrain.NonFiniteTrainingError,
                        match=r"Non-finite pixel values in the batch of step \d+ .*synthetic-0-pretrain-000005"):
-        pretrain.main(tiny_args(corpus, output_dir, max_steps=20, save_steps=50, gpu_augmentation=True))
+        pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=20, save_steps=50, gpu_augmentation=True))
     checkpoint = latest_checkpoint(output_dir / "checkpoints")
     assert checkpoint is not None and json.loads((checkpoint / "train_state.json").read_text())["step"] < 20
     assert all(torch.isfinite(tensor).all() for tensor in load_file(checkpoint / "model.safetensors").values())

@@ -334,22 +334,16 @@ def test_tversky_probe_head_for_binary_and_multilabel_tasks():
 # --- through the training script -------------------------------------------------------------------------------------
 
 
-def test_pretrain_trains_tversky_heads_and_writes_a_loadable_folder(tmp_path):
+def test_pretrain_trains_tversky_heads_and_writes_a_loadable_folder(tiny_corpus, tmp_path):
     import json
 
-    from convirt_hf.data.synthetic import SyntheticCorpusConfig, generate_synthetic_corpus
+    from helpers import tiny_args
     from training import pretrain
 
-    corpus = generate_synthetic_corpus(tmp_path / "synthetic", SyntheticCorpusConfig(
-        seed=0, image_size=48, num_pretrain=32, num_validation=8, num_cls_train=0, num_cls_val=0, num_cls_test=0,
-        retrieval_candidates_per_category=2, retrieval_queries_per_category=1))
     output_dir = tmp_path / "run"
-    arguments = {"dataset": corpus, "retrieval_set": "none", "output_dir": output_dir, "image_model_name": "test_resnet",
-                 "text_tower": "scratch", "text_layers": 1, "text_hidden_size": 32, "text_vocab_size": 300, "projection_dim": 16,
-                 "image_size": 32, "per_device_batch_size": 8, "max_steps": 4, "eval_steps": 4, "save_steps": 4,
-                 "logging_steps": 1, "report_to": "none", "max_length": 32, "projection": "tversky",
-                 "tversky_num_features": 24, "tversky_alpha": 0.25, "tversky_difference": "ignorematch"}
-    metrics = pretrain.main([item for key, value in arguments.items() for item in (f"--{key}", str(value))])
+    metrics = pretrain.main(tiny_args(tiny_corpus, output_dir, retrieval_set="none", projection_dim=16, max_steps=4,
+                                      eval_steps=4, save_steps=4, projection="tversky", tversky_num_features=24,
+                                      tversky_alpha=0.25, tversky_difference="ignorematch"))
     assert metrics["steps"] == 4 and math.isfinite(metrics["best_validation_loss"])
     model = ConvirtModel.from_pretrained(output_dir)
     assert type(model.image_projection).__name__ == "ConvirtTverskyProjection" and model.config.projection == "tversky"

@@ -42,6 +42,7 @@ from convirt_hf.cli import (
     run_cli,
 )
 from convirt_hf.data.transforms import AUGMENTATION_PRESETS, ConvirtEvalTransform, ConvirtTrainTransform
+from convirt_hf.modes import evaluating
 from convirt_hf.evaluation.corpora import check_classification_splits, classification_splits, corpus_folder
 from convirt_hf.evaluation.encoders import check_image_encoder_spec, load_image_encoder
 from convirt_hf.evaluation.linear_probe import summarise_runs
@@ -180,15 +181,14 @@ def probabilities_for(task: ClassificationTask, logits: torch.Tensor) -> np.ndar
 @torch.no_grad()
 def predict(model, loader, accelerator, task) -> tuple[np.ndarray, np.ndarray, float]:
     """Probabilities, row order and mean loss over a loader, gathered from every process (padding dropped)."""
-    model.eval()
     logits_all, targets_all, order_all = [], [], []
-    for pixel_values, targets, order in loader:
-        logits = model(pixel_values)
-        logits, targets, order = accelerator.gather_for_metrics((logits, targets, order))
-        logits_all.append(logits.float().cpu())
-        targets_all.append(targets.cpu())
-        order_all.append(order.cpu())
-    model.train()
+    with evaluating(model):
+        for pixel_values, targets, order in loader:
+            logits = model(pixel_values)
+            logits, targets, order = accelerator.gather_for_metrics((logits, targets, order))
+            logits_all.append(logits.float().cpu())
+            targets_all.append(targets.cpu())
+            order_all.append(order.cpu())
     logits, targets, order = torch.cat(logits_all), torch.cat(targets_all), torch.cat(order_all)
     loss = loss_for(task, logits, targets).item()
     return probabilities_for(task, logits), order.numpy(), loss

@@ -26,7 +26,7 @@ The result is written as a retrieval-set folder that `convirt_hf.evaluation.zero
 ``save_to_disk`` splits ``retrieval_candidates`` and ``retrieval_queries`` in the shared record shape (image bytes
 embedded, so the folder is self-contained), ``text_queries.json`` and ``retrieval_set.json`` (how it was built).
 
-Text queries: the paper's five radiologist-written sentences per category are not public (PAPER.md quotes two).
+Text queries: the paper's five radiologist-written sentences per category are not public (its text quotes two).
 `CHEXPERT_TEXT_QUERIES` are this project's own sentences, written in the style of report impressions; results
 with them are not directly comparable to the paper's text->image numbers. Pass your own JSON (category -> list of
 sentences) to replace them.
@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from convirt_hf.atomic import swap_in_folder
 
 logger = logging.getLogger(__name__)
 
@@ -570,7 +572,11 @@ def write_retrieval_set(
     a retrieval set (holds `dataset_dict.json` or `retrieval_set.json`).
     """
     from datasets import Dataset, DatasetDict
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+    from datasets.utils.logging import (
+        disable_progress_bar,
+        enable_progress_bar,
+        is_progress_bar_enabled,
+    )
 
     from convirt_hf.data.records import RECORD_FEATURES
 
@@ -604,9 +610,7 @@ def write_retrieval_set(
             **dict(metadata or {}),
         }
         (folder / "retrieval_set.json").write_text(json.dumps(description, indent=2) + "\n")
-        if output.exists():
-            os.replace(output, staging / "previous")
-        os.replace(folder, output)
+        swap_in_folder(folder, output, aside=staging / "previous")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if bars:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from convirt_hf.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -194,15 +195,8 @@ def plot_embedding_map(
         figure.suptitle(title, fontsize=10, y=0.98)
 
     output = Path(output_path).expanduser()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".png",
-                                     delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
+    with atomic_path(output) as temporary:
         figure.savefig(temporary, format="png", dpi=dpi, metadata={"Software": None})
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
     logger.info("embedding map (%s) of %d points written to %s", ", ".join(METHOD_TITLES[m] for m in drawn),
                 len(names), output)
     return EmbeddingMap(output, coordinates, names, (width, height))

@@ -10,6 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from convirt_hf.modes import evaluating
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["encode_splits", "extract_features"]
@@ -56,14 +58,10 @@ def extract_features(
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     loader = DataLoader(_EvalViews(records, transform), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=device.type == "cuda", shuffle=False)
-    was_training = encoder.training
-    encoder.eval()
     chunks = []
-    try:
+    with evaluating(encoder):
         for pixel_values in tqdm(loader, desc=description, disable=not progress, leave=False):
             chunks.append(encoder(pixel_values.to(device, non_blocking=True)).float().cpu())
-    finally:
-        encoder.train(was_training)
     if not chunks:
         return torch.zeros(0, getattr(encoder, "num_features", 0))
     return torch.cat(chunks)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from convirt_hf.atomic import atomic_write_text
 
 __all__ = ["format_probe_table", "write_results"]
 
@@ -22,13 +23,8 @@ def write_results(path: str | os.PathLike, metadata: dict, results: Sequence[dic
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists: pass overwrite=True (--overwrite) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({"metadata": metadata, "results": list(results), "summary": list(summary)}, indent=2)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(payload)
-        temporary = Path(handle.name)
-    os.replace(temporary, path)
-    return path
+    return atomic_write_text(path, payload)
 
 
 def _cell(row: dict | None, scale: float = 100.0) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from convirt_hf.modes import evaluating
 from .retrieval import DEFAULT_KS, precision_at_k
 
 
@@ -126,15 +127,11 @@ def evaluate_retrieval(
 ) -> dict[str, dict]:
     """Image->image and text->image Precision@k (see `precision_at_k`), with the model in eval mode."""
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         candidates = embed_pixel_values(model, retrieval.prepared_images("candidates", processor), device)
         queries = embed_pixel_values(model, retrieval.prepared_images("queries", processor), device)
         sentences = [(category, sentence) for category, group in retrieval.text_queries.items() for sentence in group]
         texts = embed_texts(model, processor, [sentence for _, sentence in sentences], device)
-    finally:
-        model.train(was_training)
     candidate_labels = retrieval.candidate_labels
     return {
         "image->image": precision_at_k(queries @ candidates.t(), retrieval.query_labels, candidate_labels, ks),
@@ -194,12 +191,8 @@ def class_prompt_embeddings(
     classes = _check_prompts(prompts)
     device = device or next(model.parameters()).device
     sentences = [sentence for name in classes for sentence in prompts[name]]
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         embeddings = embed_texts(model, processor, sentences, device, batch_size=batch_size)
-    finally:
-        model.train(was_training)
     means, start = [], 0
     for name in classes:
         count = len(prompts[name])
@@ -238,12 +231,8 @@ def zero_shot_classify(
     classes = _check_prompts(prompts)
     class_embeddings = class_prompt_embeddings(model, processor, prompts, device)
     if image_embeddings is None:
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             image_embeddings = embed_images(model, processor, images, device, batch_size=batch_size)
-        finally:
-            model.train(was_training)
     return ZeroShotOutput(classes, image_embeddings.float() @ class_embeddings.t(), tau)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +11,13 @@ from pathlib import Path
 import torch
 
 from convirt_hf import ConvirtModel
-from convirt_hf.checkpointing import WRITE_ERRORS, CheckpointWriteError, any_process_failed, latest_checkpoint
+from convirt_hf.atomic import swap_in_folder
+from convirt_hf.checkpointing import (
+    WRITE_ERRORS,
+    CheckpointWriteError,
+    any_process_failed,
+    latest_checkpoint,
+)
 from convirt_hf.evaluation.retrieval import DEFAULT_KS, format_precision_table
 from convirt_hf.evaluation.zero_shot import evaluate_retrieval
 from convirt_hf.model_card import write_model_card
@@ -38,14 +43,8 @@ def save_best_model(accelerator, model, output_dir: Path) -> None:
             + f"The last checkpoint is {last_good or 'none yet'}: free space (or fix the storage) and resume with "
             "--resume latest."
         ) from failure
-    if accelerator.is_main_process:
-        # swap: the old best stays complete until the new one is in place
-        old = output_dir / ".incomplete-replaced-best_model"
-        shutil.rmtree(old, ignore_errors=True)
-        if best.exists():
-            os.replace(best, old)
-        os.replace(temporary, best)
-        shutil.rmtree(old, ignore_errors=True)
+    if accelerator.is_main_process:  # the old best stays complete until the new one is in place
+        swap_in_folder(temporary, best, aside=output_dir / ".incomplete-replaced-best_model")
     accelerator.wait_for_everyone()
 
 

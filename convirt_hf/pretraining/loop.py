@@ -19,6 +19,7 @@ from convirt_hf.checkpointing import latest_checkpoint, save_checkpoint
 from convirt_hf.evaluation.zero_shot import RetrievalSet, evaluate_retrieval
 from convirt_hf.frozen_text import FrozenTextFeatures
 from convirt_hf.lr_schedule import LearningRateController
+from convirt_hf.modes import evaluating
 
 from .arguments import DataArguments, PretrainingArguments
 from .data import DeviceAugmentation, model_inputs, move_batch
@@ -190,14 +191,13 @@ def log_training(run: TrainingRun, state: TrainState, loss: torch.Tensor, lr: fl
 def validation_loss(run: TrainingRun) -> float:
     """The mean contrastive loss over the validation split, with the model in eval mode (restored after)."""
     accelerator, model = run.accelerator, run.model
-    model.eval()
     total, count = torch.zeros((), device=accelerator.device), 0
-    for batch in run.validation_loader:
-        batch = move_batch(batch, accelerator.device, run.args.channels_last)
-        outputs = model(**model_inputs(batch, run.text_features))
-        total += run.loss_fn(outputs.image_embeds, outputs.text_embeds).float()
-        count += 1
-    model.train()
+    with evaluating(model):
+        for batch in run.validation_loader:
+            batch = move_batch(batch, accelerator.device, run.args.channels_last)
+            outputs = model(**model_inputs(batch, run.text_features))
+            total += run.loss_fn(outputs.image_embeds, outputs.text_embeds).float()
+            count += 1
     if count == 0:
         raise ValueError("the validation split is smaller than one batch per process: lower --per_device_batch_size")
     return accelerator.reduce(total / count, reduction="mean").item()

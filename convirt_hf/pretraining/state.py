@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convirt_hf.atomic import atomic_write_text
 from convirt_hf.lr_schedule import LearningRateController
 
 from .arguments import PretrainingArguments
@@ -85,7 +85,5 @@ def truncate_log(output_dir: Path, step: int) -> int:
         if row_step <= step:
             kept.append(line)
     if len(kept) != len(lines):
-        temporary = path.with_name(f".{path.name}.incomplete")
-        temporary.write_text("".join(line + "\n" for line in kept))
-        os.replace(temporary, path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
     return len(lines) - len(kept)

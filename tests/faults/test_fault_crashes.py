@@ -21,7 +21,6 @@ from faultkit import (
     last_logged_step,
     tiny_args,
     train_losses,
-    wait_until,
     weights,
 )
 
@@ -81,11 +80,11 @@ def assert_resumed_from(child, output_dir: Path, step: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_repeated_sigkill_and_resume_end_with_the_uninterrupted_weights(seed, fault_corpus, zygote, reference_run,
+def test_repeated_sigkill_and_resume_end_with_the_uninterrupted_weights(seed, tiny_corpus, zygote, reference_run,
                                                                         tmp_path):
     rng = random.Random(seed)
     output_dir = tmp_path / "run"
-    args = tiny_args(fault_corpus, output_dir, **CRASH_RUN)
+    args = tiny_args(tiny_corpus, output_dir, **CRASH_RUN)
     resume = args + ["--resume", "latest"]
     pending = None  # the checkpoint step the next run must resume from
 
@@ -143,12 +142,12 @@ def test_repeated_sigkill_and_resume_end_with_the_uninterrupted_weights(seed, fa
     assert not any(path.name.startswith(".incomplete") for path in output_dir.iterdir())
 
 
-def test_a_disk_that_fills_up_during_a_checkpoint_keeps_the_previous_one(fault_corpus, zygote, reference_run,
+def test_a_disk_that_fills_up_during_a_checkpoint_keeps_the_previous_one(tiny_corpus, zygote, reference_run,
                                                                          tmp_path):
     # After the second checkpoint (step 8) every file write beyond 256 kB fails with EFBIG, as on a full disk: the
     # real write path (safetensors' Rust writer, torch.save's zip writer) fails, not a mocked function.
     output_dir = tmp_path / "run"
-    args = tiny_args(fault_corpus, output_dir, **CRASH_RUN)
+    args = tiny_args(tiny_corpus, output_dir, **CRASH_RUN)
     child = zygote.start(args, faults=[{"kind": "file_size_limit", "after_checkpoint": 2, "bytes": 256 * 1024}],
                          name="full-disk")
     assert child.wait(90) == 1, child.output()[-3000:]
@@ -165,10 +164,10 @@ def test_a_disk_that_fills_up_during_a_checkpoint_keeps_the_previous_one(fault_c
     assert_same_weights(reference_run / final, output_dir / final)
 
 
-def test_a_disk_that_fills_up_while_writing_the_best_model_stops_clearly(fault_corpus, zygote, tmp_path):
+def test_a_disk_that_fills_up_while_writing_the_best_model_stops_clearly(tiny_corpus, zygote, tmp_path):
     # best_model/ is written at step 8's validation (before step 8's checkpoint); limits after the step-4 checkpoint
     output_dir = tmp_path / "run"
-    args = tiny_args(fault_corpus, output_dir, **{**CRASH_RUN, "eval_steps": 6})
+    args = tiny_args(tiny_corpus, output_dir, **{**CRASH_RUN, "eval_steps": 6})
     child = zygote.start(args, faults=[{"kind": "file_size_limit", "after_checkpoint": 1, "bytes": 256 * 1024}],
                          name="full-disk-best")
     assert child.wait(90) == 1, child.output()[-3000:]

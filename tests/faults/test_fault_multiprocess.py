@@ -57,14 +57,14 @@ def finish(launcher: subprocess.Popen, log: Path, timeout: float = 240) -> str:
     return log.read_text(errors="replace")
 
 
-def test_a_killed_or_hung_process_stops_its_peer_and_both_resume(fault_corpus, tmp_path):
+def test_a_killed_or_hung_process_stops_its_peer_and_both_resume(tiny_corpus, tmp_path):
     reference = tmp_path / "reference"
     log = tmp_path / "reference.log"
-    assert finish(launch(tiny_args(fault_corpus, reference, **MULTI), log), log) and log.exists()
+    assert finish(launch(tiny_args(tiny_corpus, reference, **MULTI), log), log) and log.exists()
     assert (reference / "model.safetensors").is_file(), log.read_text()[-4000:]
 
     output_dir = tmp_path / "run"
-    args = tiny_args(fault_corpus, output_dir, **MULTI)
+    args = tiny_args(tiny_corpus, output_dir, **MULTI)
 
     # 1. SIGKILL rank 1 mid-run: rank 0's next collective fails at once, the launcher stops and names the dead rank
     log = tmp_path / "killed.log"

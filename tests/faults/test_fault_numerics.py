@@ -57,11 +57,11 @@ def test_bf16_and_fp32_losses_and_gradients_agree_on_the_same_batch(seed, model,
     assert cosine > GRADIENT_COSINE, cosine.item()
 
 
-def test_bf16_training_follows_the_fp32_run(fault_corpus, zygote, tmp_path):
+def test_bf16_training_follows_the_fp32_run(tiny_corpus, zygote, tmp_path):
     runs = {}
     for precision in ("no", "bf16"):  # separate processes: accelerate fixes the precision once per process
         output_dir = tmp_path / precision
-        zygote.run(tiny_args(fault_corpus, output_dir, retrieval_set="none", max_steps=4, save_steps=4, eval_steps=4,
+        zygote.run(tiny_args(tiny_corpus, output_dir, retrieval_set="none", max_steps=4, save_steps=4, eval_steps=4,
                              mixed_precision=precision), name=f"precision-{precision}")
         rows = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
         runs[precision] = [row["train/loss"] for row in rows if "train/loss" in row]
@@ -71,7 +71,7 @@ def test_bf16_training_follows_the_fp32_run(fault_corpus, zygote, tmp_path):
     assert all(abs(b - f) / f < 0.1 for f, b in zip(runs["no"], runs["bf16"])), runs  # then drifting, not diverging
 
 
-def test_infinite_pixels_stop_the_run_with_a_saved_state(fault_corpus, tmp_path, monkeypatch):
+def test_infinite_pixels_stop_the_run_with_a_saved_state(tiny_corpus, tmp_path, monkeypatch):
     from convirt_hf.data.pairs import PairViews
 
     original = PairViews.__getitem__
@@ -85,5 +85,5 @@ def test_infinite_pixels_stop_the_run_with_a_saved_state(fault_corpus, tmp_path,
     monkeypatch.setattr(PairViews, "__getitem__", overexposed)
     output_dir = tmp_path / "inf"
     with pytest.raises(pretrain.NonFiniteTrainingError, match=r"Non-finite pixel values in the batch of step \d+"):
-        pretrain.main(tiny_args(fault_corpus, output_dir, retrieval_set="none", max_steps=20, save_steps=50))
+        pretrain.main(tiny_args(tiny_corpus, output_dir, retrieval_set="none", max_steps=20, save_steps=50))
     assert latest_checkpoint(output_dir / "checkpoints") is not None  # the state before the bad batch is kept

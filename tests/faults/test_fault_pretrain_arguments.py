@@ -196,13 +196,13 @@ def set_flag(argv: list[str], flag: str, value: str | None) -> list[str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(case) for case in CASES])
-def test_an_invalid_value_fails_before_training_and_names_the_argument(case, paths, fault_corpus, tmp_path, capsys,
+def test_an_invalid_value_fails_before_training_and_names_the_argument(case, paths, tiny_corpus, tmp_path, capsys,
                                                                       monkeypatch):
     name, flags, message = case
     monkeypatch.delenv("HF_TOKEN", raising=False)  # HF_HOME is a fresh folder (tests/conftest.py): no token at all
     output_dir, cache_dir = tmp_path / "never", tmp_path / "cache"
-    fill = {**{key: str(value) for key, value in paths.items()}, "tmp": str(tmp_path), "dataset": str(fault_corpus)}
-    argv = tiny_args(fault_corpus, output_dir, cache_dir=cache_dir, retrieval_set="none")
+    fill = {**{key: str(value) for key, value in paths.items()}, "tmp": str(tmp_path), "dataset": str(tiny_corpus)}
+    argv = tiny_args(tiny_corpus, output_dir, cache_dir=cache_dir, retrieval_set="none")
     values = [flag.format(**fill) for flag in flags]
     index = 0
     while index < len(values):  # flags followed by a value (or by nothing: a bare switch)
@@ -231,9 +231,9 @@ def test_an_invalid_value_fails_before_training_and_names_the_argument(case, pat
     assert not (paths["stranger"] / "checkpoints").exists()
 
 
-def test_an_existing_run_is_replaced_only_when_asked(fault_corpus, tmp_path):
+def test_an_existing_run_is_replaced_only_when_asked(tiny_corpus, tmp_path):
     output_dir = tmp_path / "run"
-    argv = tiny_args(fault_corpus, output_dir, retrieval_set="none", max_steps=2, eval_steps=2, save_steps=2)
+    argv = tiny_args(tiny_corpus, output_dir, retrieval_set="none", max_steps=2, eval_steps=2, save_steps=2)
     pretrain.main(argv)
     weights = (output_dir / "model.safetensors").read_bytes()
     metrics = json.loads((output_dir / "metrics.json").read_text())

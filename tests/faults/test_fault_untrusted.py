@@ -105,34 +105,34 @@ def test_a_model_folder_with_a_pickled_payload_is_refused(tmp_path, model, token
 
 
 @pytest.fixture(scope="module")
-def trained_run(fault_corpus, tmp_path_factory) -> Path:
+def trained_run(tiny_corpus, tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("untrusted") / "run"
-    pretrain.main(tiny_args(fault_corpus, output_dir, retrieval_set="none", max_steps=4, save_steps=2, eval_steps=4))
+    pretrain.main(tiny_args(tiny_corpus, output_dir, retrieval_set="none", max_steps=4, save_steps=2, eval_steps=4))
     return output_dir
 
 
 @pytest.mark.parametrize("victim", ["optimizer.bin", "random_states_0.pkl"])
-def test_a_checkpoint_file_with_a_pickled_payload_stops_the_resume(victim, fault_corpus, trained_run, tmp_path):
+def test_a_checkpoint_file_with_a_pickled_payload_stops_the_resume(victim, tiny_corpus, trained_run, tmp_path):
     output_dir = tmp_path / "run"
     shutil.copytree(trained_run, output_dir)
     checkpoint = latest_checkpoint(output_dir / "checkpoints")
     marker = tmp_path / "payload-ran"
     plant_pickle(checkpoint / victim, marker, keys=("state", "random_state"))
-    args = tiny_args(fault_corpus, output_dir, retrieval_set="none", max_steps=6, save_steps=2, eval_steps=4)
+    args = tiny_args(tiny_corpus, output_dir, retrieval_set="none", max_steps=6, save_steps=2, eval_steps=4)
     with pytest.raises(CheckpointReadError, match=rf"{checkpoint.name}.*(cannot be restored|{victim})"):
         pretrain.main(args + ["--resume", "latest"])
     assert not marker.exists()
     assert latest_checkpoint(output_dir / "checkpoints") == checkpoint  # nothing trained, nothing overwritten
 
 
-def test_a_missing_random_state_file_stops_the_resume_instead_of_silently_diverging(fault_corpus, trained_run,
+def test_a_missing_random_state_file_stops_the_resume_instead_of_silently_diverging(tiny_corpus, trained_run,
                                                                                       tmp_path):
     # accelerate alone logs "Could not load random states" at INFO and resumes with other random numbers
     output_dir = tmp_path / "run"
     shutil.copytree(trained_run, output_dir)
     checkpoint = latest_checkpoint(output_dir / "checkpoints")
     (checkpoint / "random_states_0.pkl").unlink()
-    args = tiny_args(fault_corpus, output_dir, retrieval_set="none", max_steps=6, save_steps=2, eval_steps=4)
+    args = tiny_args(tiny_corpus, output_dir, retrieval_set="none", max_steps=6, save_steps=2, eval_steps=4)
     with pytest.raises(CheckpointReadError, match=r"cannot restore the random states from random_states_0\.pkl"):
         pretrain.main(args + ["--resume", "latest"])
 
@@ -174,7 +174,7 @@ def test_custom_code_runs_only_with_trust_remote_code(model, tokenizer, tmp_path
     assert "LOADED ConvirtModel" in result.stdout and marker.is_dir()  # the planted code did run once trusted
 
 
-def test_a_planted_token_never_reaches_logs_cards_or_saved_arguments(fault_corpus, zygote, tmp_path, monkeypatch,
+def test_a_planted_token_never_reaches_logs_cards_or_saved_arguments(tiny_corpus, zygote, tmp_path, monkeypatch,
                                                                        caplog):
     import logging
 
@@ -183,7 +183,7 @@ def test_a_planted_token_never_reaches_logs_cards_or_saved_arguments(fault_corpu
     from training import push as push_cli
 
     output_dir = tmp_path / "run"
-    child = zygote.run(tiny_args(fault_corpus, output_dir, max_steps=4, save_steps=2, eval_steps=2,
+    child = zygote.run(tiny_args(tiny_corpus, output_dir, max_steps=4, save_steps=2, eval_steps=2,
                                  report_to="tensorboard"),
                        env={"HF_TOKEN": PLANTED_TOKEN, "HUGGING_FACE_HUB_TOKEN": PLANTED_TOKEN}, name="token")
     # the token is in the process's environment, so a careless dump of os.environ or of the Hub settings would show it
