@@ -475,12 +475,15 @@ def test_cli_refusal_is_one_error_line_and_exit_1(corpus, model_dir, tmp_path, m
     assert len(errors) == 1 and "--output" in errors[0].getMessage()
     assert output.read_text() == "{}"
     for bad, message in (
-        (["--models", str(tmp_path)], "not a ConVIRT model folder"),
+        (["--models", str(tmp_path)], "--models: .* is neither a ConVIRT model folder nor a timm model folder"),
+        (["--models", "random:resnet18", "--features", "projection"], "--features projection: random:resnet18 is a "
+         "random encoder without a projection head"),
+        (["--models", str(model_dir), "--features", "pooled"], "--features must be one of"),
         (["--models", str(model_dir), "--ks", "0"], "--ks must be positive"),
         (["--models", str(model_dir), "--chexpert_csv", str(output)], "needs --retrieval_set_output"),
         (["--models", str(model_dir), "--chexpert_root", str(tmp_path)], "--chexpert_root only applies"),
     ):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
             retrieval_cli.main(bad + ["--output", str(tmp_path / "new.json")])
 
 
@@ -510,3 +513,51 @@ def test_embedding_map_paths_per_model():
         "runs/a": Path("out/map-a.png"), "runs/b": Path("out/map-b.png")}
     clash = embedding_map_paths("out/map.png", ["x/final", "y/final"])
     assert len(set(clash.values())) == 2
+
+
+def test_image_to_image_ranks_any_encoder_by_its_own_features(corpus, model_dir, tmp_path):
+    """Table 2's rows by one code path: ConVIRT (backbone or projected features) and encoders without a text tower."""
+    import timm
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    from convirt_hf.evaluation.encoders import load_image_encoder
+    from convirt_hf.evaluation.features import encode_splits
+    from convirt_hf.evaluation.zero_shot import evaluate_retrieval, load_retrieval_set
+    from convirt_hf.training import retrieval as retrieval_cli
+
+    torch.manual_seed(3)
+    checkpoint = tmp_path / "ssl-resnet.safetensors"
+    save_file({f"backbone.{k}": v.contiguous() for k, v in
+               timm.create_model("test_resnet", num_classes=0).state_dict().items()}, checkpoint)
+    specs = [str(model_dir), "random:test_resnet", str(checkpoint)]
+    report = retrieval_cli.main(["--models", *specs, "--architecture", "test_resnet", "--retrieval_set", str(corpus),
+                                 "--output", str(tmp_path / "r.json"), "--ks", "5", "10"])
+    means = {(row["model"], row["direction"]): row["value"] for row in report["results"]
+             if row["category"] == "mean" and row["k"] == 5}
+    assert set(means) == {(spec, "image->image") for spec in specs} | {(str(model_dir), "text->image")}
+    assert report["metadata"]["baseline_image_size"] == 32  # the ConVIRT model's: every encoder sees the same views
+
+    # the random baseline's row is the brute-force ranking of its backbone features
+    retrieval = load_retrieval_set(corpus)
+    encoder = load_image_encoder("random:test_resnet", image_size=32)
+    # the ConVIRT processor's view: short side 36, centre crop 32
+    features = encode_splits(encoder, {"c": retrieval.candidates, "q": retrieval.queries}, eval_mode="resize_crop",
+                             progress=False, resize=36)
+    similarity = F.normalize(features["q"], dim=-1) @ F.normalize(features["c"], dim=-1).t()
+    ranked = similarity.argsort(dim=1, descending=True)[:, :5]
+    labels = retrieval.candidate_labels
+    expected = sum(sum(labels[j] == query for j in row) / 5
+                   for row, query in zip(ranked.tolist(), retrieval.query_labels)) / len(ranked)
+    assert means[("random:test_resnet", "image->image")] == pytest.approx(expected)
+
+    # --features projection ranks in the joint space: what pretraining's own retrieval metric reports
+    projected = retrieval_cli.main(["--models", str(model_dir), "--features", "projection", "--retrieval_set",
+                                    str(corpus), "--output", str(tmp_path / "p.json"), "--ks", "5"])
+    value = next(row["value"] for row in projected["results"]
+                 if row["direction"] == "image->image" and row["category"] == "mean")
+    from convirt_hf import ConvirtModel, ConvirtProcessor
+
+    model = ConvirtModel.from_pretrained(model_dir).eval()
+    in_training = evaluate_retrieval(model, ConvirtProcessor.from_pretrained(model_dir), retrieval, ks=(5,))
+    assert value == pytest.approx(in_training["image->image"]["mean"][5])

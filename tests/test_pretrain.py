@@ -93,7 +93,8 @@ def test_two_processes_first_step_equals_one_process_on_the_global_batch(tiny_co
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                 str(29500 + random.randint(0, 2000))]
-    two = run_script(tiny_args(tiny_corpus, tmp_path / "two", per_device_batch_size=8, **common), launcher=launcher)
+    # the same contrastive batch of 16 pairs, stated once whatever the processes: 8 each
+    two = run_script(tiny_args(tiny_corpus, tmp_path / "two", global_batch_size=16, **common), launcher=launcher)
     assert "2 process(es)" in two.stderr + two.stdout
     one_log, two_log = read_log(tmp_path / "one"), read_log(tmp_path / "two")
     first_one = next(row for row in one_log if row["step"] == 1 and "train/loss" in row)
@@ -101,6 +102,16 @@ def test_two_processes_first_step_equals_one_process_on_the_global_batch(tiny_co
     assert first_two["train/loss"] == pytest.approx(first_one["train/loss"], rel=1e-5)
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["samples_seen"] == 2 * 16
+    assert "--global_batch_size 16: 8 pairs per process" in two.stderr + two.stdout
+
+
+def test_a_global_batch_that_does_not_split_evenly_is_refused():
+    from convirt_hf.pretraining.api import per_device_share
+
+    assert per_device_share(32, 4) == 8 and per_device_share(32, 1) == 32
+    for batch, processes in ((15, 2), (32, 3), (4, 4)):
+        with pytest.raises(ValueError, match=rf"--global_batch_size {batch} does not split into {processes} equal"):
+            per_device_share(batch, processes)
 
 
 def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(tiny_corpus, tmp_path):

@@ -6,21 +6,26 @@
     python training/reproduce.py --imagenet resnet18.a1_in1k       # adds an ImageNet baseline where weights exist
 
 It pretrains ConVIRT on the synthetic corpus with the demo settings (`training/configs/demo.yaml`) once per
-temperature of the ablation (tau = 0.01, 0.1, 1; tau = 0.1 is the paper's and the main model) and once per projection
-kind of its ablation other than the main model's (`--projections`; the main model is the MLP run), then prints and saves
-tables shaped like the paper's:
+temperature of the ablation (tau = 0.01, 0.1, 1; tau = 0.1 is the paper's and the main model's) and once per projection
+kind other than the main model's (`--projections`), each for every pretraining seed (`--pretrain_seeds`, three by
+default, so that the ablations show the spread over pretraining runs), then prints and saves tables shaped like the
+paper's:
 
 - Table 1a: the linear probe at 1%, 10% and 100% of the labels, random initialisation vs ConVIRT (plus ImageNet when
   `--imagenet` names weights), on four tasks standing for the paper's four (see `convirt_hf.evaluation.tasks`);
-- Table 2: zero-shot image->image and text->image retrieval Precision@5/10/50, random initialisation vs ConVIRT;
-- Table 4: the temperature ablation (linear probe at 1%, image->image and text->image P@10);
-- beyond the paper, the projection ablation (g_v/g_u as the paper's MLP, a linear layer or a Tversky projection;
-  the same three metrics) and the probe-head ablation (the linear probe's logistic regression vs a Tversky head on
-  ConVIRT's frozen features, every task and label fraction);
-- a t-SNE map of the retrieval candidates' image embeddings, ConVIRT vs random initialisation.
+- Table 2: zero-shot image->image retrieval Precision@5/10/50 of ConVIRT, random initialisation (and ImageNet), ranked
+  by the image tower's pooled features, and ConVIRT's text->image retrieval;
+- Table 4: the temperature ablation and the projection ablation (linear vs the paper's non-linear projection, plus a
+  Tversky projection): the linear probe at 1%, image->image and text->image P@10, mean ± std over pretraining runs;
+- the probe-head ablation (this project's addition: the logistic-regression probe vs a Tversky head on ConVIRT's
+  frozen features, every task and label fraction);
+- a t-SNE map of the retrieval candidates' image features, ConVIRT vs random initialisation.
 
-Pretrained folders that already hold a finished run are reused, so a second call only evaluates; it needs
-`--overwrite` to replace the first call's results. Everything is written to `--output_dir` (`results.json`,
+The main model is the tau = 0.1 run of the first pretraining seed (or `--pretrained`). A folder that already holds a
+finished run is reused only when the training signature it recorded (preset, every overridden setting, steps, seed,
+tau, projection, the corpus) is the one the table needs; otherwise the command says why and trains it again with
+`--overwrite`, or refuses without it (`--pretrained` is checked the same way). A second call thus only evaluates; it
+needs `--overwrite` to replace the first call's results. Everything is written to `--output_dir` (`results.json`,
 `results.md`, the maps); `--markdown` puts the tables elsewhere too (the project's docs/results.md is written this
 way).
 """
@@ -28,7 +33,6 @@ way).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import platform
@@ -38,6 +42,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from convirt_hf.cli import (
@@ -57,10 +62,12 @@ from convirt_hf.cli import (
 from convirt_hf.evaluation.corpora import classification_splits, corpus_folder
 from convirt_hf.evaluation.encoders import check_image_encoder_spec, is_convirt_folder, load_image_encoder
 from convirt_hf.evaluation.features import encode_splits
+from convirt_hf.evaluation.image_retrieval import image_to_image, retrieval_encoder
 from convirt_hf.evaluation.linear_probe import HEADS, probe_inputs, run_linear_probe, summarise_runs
 from convirt_hf.evaluation.reporting import format_probe_table, write_results
 from convirt_hf.evaluation.retrieval import format_precision_table
 from convirt_hf.evaluation.tasks import parse_task
+from convirt_hf.pretraining.plans import PlannedRun, ensure_run, is_finished_run, reuse_problem
 
 logger = logging.getLogger("convirt_hf.reproduce")
 
@@ -72,7 +79,7 @@ RESULT_FILES = ("results.json", "results.md")
 MAP_MODELS = ("ConVIRT", "random init")
 # What reproduce.py passes to pretrain.py for each run it trains: an override of one of these would make it lose
 # track of its own runs (or train them on another corpus than the one it evaluates on).
-RESERVED_PRETRAIN_ARGUMENTS = ("config", "tau", "projection", "output_dir", "cache_dir", "synthetic_seed",
+RESERVED_PRETRAIN_ARGUMENTS = ("config", "tau", "projection", "seed", "output_dir", "cache_dir", "synthetic_seed",
                                "synthetic_pretrain_size", "resume", "overwrite_output_dir")
 # pretrain.py's --projection choices, its default, and the probe heads of the head ablation
 PROJECTIONS = ("mlp", "linear", "tversky")
@@ -87,6 +94,9 @@ class ReproduceArguments:
                                                            "outputs/convirt-demo); default: pretrain one"})
     taus: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0], metadata={"help": "the ablation's tau "
                                                                                   "values; must include 0.1"})
+    pretrain_seeds: list[int] = field(default_factory=lambda: [42, 1, 2], metadata={
+        "help": "pretraining seeds of every ablation run (the spread over pretraining runs); the first one's tau = 0.1 "
+                "run is the main model (42: what `make pretrain` trains)"})
     pretrain_config: str = field(default="demo", metadata={"help": "the pretraining preset"})
     pretrain_overrides: str = field(default="", metadata={
         "help": "extra pretrain.py arguments in one string, e.g. --pretrain_overrides '--max_steps 150'"})
@@ -123,6 +133,11 @@ class ReproduceArguments:
         if len(set(self.taus)) != len(self.taus):
             raise ValueError(f"--taus lists a temperature twice: {self.taus}")
         check_seeds("seeds", self.seeds)
+        check_seeds("pretrain_seeds", self.pretrain_seeds)
+        if len(set(self.pretrain_seeds)) != len(self.pretrain_seeds):
+            raise ValueError(f"--pretrain_seeds lists a seed twice: {self.pretrain_seeds}")
+        if any(seed >= 2**32 for seed in self.pretrain_seeds):
+            raise ValueError(f"--pretrain_seeds must be < 2**32, got {self.pretrain_seeds}")
         if not self.fractions:
             raise ValueError("--fractions needs at least one label fraction, e.g. 0.01 0.1 1")
         for fraction in self.fractions:
@@ -166,6 +181,23 @@ class ReproduceArguments:
             check_output_file("markdown", self.markdown, self.overwrite)
         if not self.overwrite:
             self._check_no_earlier_results()
+        self.runs = planned_runs(self)
+        self._check_finished_runs()
+
+    def _check_finished_runs(self) -> None:
+        """A finished run that stands for another than the one planned for its folder: said before any work."""
+        main = main_run_key(self)
+        for key, run in self.runs.items():
+            if not is_finished_run(run.folder):
+                continue
+            problems = reuse_problem(run.folder, run)
+            if problems and key == main and self.pretrained is not None:
+                raise ValueError(f"--pretrained {self.pretrained} was not trained as the tables' main run (preset "
+                                 f"{self.pretrain_config}, tau {MAIN_TAU}, seed {self.pretrain_seeds[0]}): "
+                                 + "; ".join(problems[:4]))
+            if problems and not self.overwrite:
+                raise ValueError(f"--output_dir {self.output_dir} holds {run.folder.name}, a finished run trained with "
+                                 f"other settings ({'; '.join(problems[:4])}): pass --overwrite to train it again")
 
     def _check_no_earlier_results(self) -> None:
         """A second call reuses the finished pretraining runs, but replaces the first call's results only if asked."""
@@ -224,80 +256,69 @@ def check_pretrain_overrides(overrides: str) -> None:
     reserved = [f"--{name}" for name in RESERVED_PRETRAIN_ARGUMENTS if getattr(namespace, name, unset) is not unset]
     if reserved:
         raise ValueError(f"--pretrain_overrides must not set {', '.join(reserved)}: reproduce.py sets those itself for "
-                         "each run it pretrains (use its own --pretrain_config, --taus, --projections, --output_dir, "
-                         "--cache_dir, --synthetic_seed and --synthetic_pretrain_size)")
+                         "each run it pretrains (use its own --pretrain_config, --taus, --projections, --pretrain_seeds, "
+                         "--output_dir, --cache_dir, --synthetic_seed and --synthetic_pretrain_size)")
 
 
 def embedding_map_path(folder: Path, model_name: str) -> Path:
     return folder / f"tsne-{model_name.replace(' ', '-').replace('=', '')}.png"
 
 
-def run_folder(args: ReproduceArguments, tau: float, projection: str | None = None) -> Path:
-    """
-    Where the run for `tau` (with the preset's projection), or for `projection` at tau = 0.1, is: the main model's
-    projection is the tau = 0.1 run itself (`--pretrained` when given).
-    """
-    if projection is not None and tau != MAIN_TAU:
-        raise ValueError(f"the projection ablation's runs are at tau = {MAIN_TAU}, got {tau}")
-    if projection == args.main_projection:
-        projection = None
-    if tau == MAIN_TAU and projection is None and args.pretrained is not None:
-        return Path(args.pretrained)
+def run_folder(args: ReproduceArguments, tau: float, projection: str | None, seed: int) -> Path:
+    """Where the run of `tau` (with the preset's projection), or of `projection` at tau = 0.1, for `seed` goes."""
     if projection is None:
-        return Path(args.output_dir) / f"convirt-tau{tau:g}"
-    return Path(args.output_dir) / f"convirt-projection-{projection}"
+        return Path(args.output_dir) / f"convirt-tau{tau:g}-seed{seed}"
+    return Path(args.output_dir) / f"convirt-projection-{projection}-seed{seed}"
 
 
-def is_finished_run(folder: Path) -> bool:
-    return (folder / "metrics.json").is_file()
+def main_run_key(args: ReproduceArguments) -> tuple:
+    return (MAIN_TAU, None, args.pretrain_seeds[0])
 
 
-def pretrained_folder(args: ReproduceArguments, tau: float, projection: str | None = None) -> Path:
-    """The finished run of [`run_folder`]: reused when present, resumed when interrupted, otherwise pretrained now."""
-    from convirt_hf.checkpointing import latest_checkpoint
-    from convirt_hf.pretraining import DataArguments, ModelArguments, PretrainingArguments, pretrain
-
-    folder = run_folder(args, tau, projection)
-    if args.pretrained is not None and folder == Path(args.pretrained):
-        return folder
-    if is_finished_run(folder):
-        logger.info("reusing the finished run %s", folder)
-        return folder
-    resume = latest_checkpoint(folder / "checkpoints") is not None
-    # a run that stopped before its first checkpoint has nothing to keep: it is started over
-    settings = {"tau": tau, "output_dir": str(folder), "cache_dir": args.cache_dir, "synthetic_seed": args.synthetic_seed,
-                "synthetic_pretrain_size": args.synthetic_pretrain_size, "resume": "latest" if resume else None,
-                "overwrite_output_dir": folder.exists() and not resume}
-    if projection not in (None, args.main_projection):
-        settings["projection"] = projection
-    model_args, data_args, training_args, preset = parse_arguments(
-        (ModelArguments, DataArguments, PretrainingArguments),
-        ["--config", args.pretrain_config, *shlex.split(args.pretrain_overrides)],
-    )
-    model_args, data_args, training_args = (
-        dataclasses.replace(arguments, **{k: v for k, v in settings.items() if k in arguments.__dataclass_fields__})
-        for arguments in (model_args, data_args, training_args)
-    )
-    logger.info("pretraining %s (preset %s, %s)", folder, args.pretrain_config,
-                ", ".join(f"{key} {value}" for key, value in settings.items() if key != "output_dir"))
-    pretrain(model_args, data_args, training_args, preset=preset)
-    return folder
+def planned_runs(args: ReproduceArguments) -> dict[tuple, PlannedRun]:
+    """
+    Every pretraining run of the tables, by (tau, projection or None for the preset's, seed). The projection
+    ablation's main-model kind is the tau = 0.1 run itself; the main run is --pretrained when given.
+    """
+    runs = {}
+    for seed in args.pretrain_seeds:
+        for tau in args.taus:
+            runs[(tau, None, seed)] = PlannedRun(run_folder(args, tau, None, seed), args.pretrain_config,
+                                                 args.pretrain_overrides, {"tau": tau, "seed": seed})
+        for kind in args.projections:
+            if kind != args.main_projection:
+                runs[(MAIN_TAU, kind, seed)] = PlannedRun(
+                    run_folder(args, MAIN_TAU, kind, seed), args.pretrain_config, args.pretrain_overrides,
+                    {"tau": MAIN_TAU, "projection": kind, "seed": seed})
+    if args.pretrained is not None:
+        runs[main_run_key(args)].folder = Path(args.pretrained)
+    return runs
 
 
-def random_convirt_like(folder: Path, seed: int = 0):
-    """A randomly initialised ConvirtModel of the same configuration (the retrieval baseline)."""
-    from convirt_hf import ConvirtConfig, ConvirtModel
-
-    config = ConvirtConfig.from_pretrained(folder)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return ConvirtModel(config).eval()
+def pretrained_folders(args: ReproduceArguments) -> dict[tuple, Path]:
+    """The finished folder of every planned run: reused, resumed or trained (see `ensure_run`)."""
+    main = main_run_key(args)
+    return {key: run.folder if key == main and args.pretrained is not None else ensure_run(run, args.overwrite)
+            for key, run in args.runs.items()}
 
 
-def retrieval_results(model, processor, retrieval, device) -> dict:
+def convirt_retrieval(folder: Path, retrieval, device) -> tuple[dict, torch.Tensor]:
+    """A ConVIRT run's image->image (backbone features) and text->image results, and its candidates' features."""
+    from convirt_hf import ConvirtModel, ConvirtProcessor
     from convirt_hf.evaluation.zero_shot import evaluate_retrieval
 
-    return evaluate_retrieval(model, processor, retrieval, device=device, ks=RETRIEVAL_KS)
+    image_result, features = image_to_image(retrieval_encoder(str(folder)), retrieval, RETRIEVAL_KS, device=device)
+    model = ConvirtModel.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+    text = evaluate_retrieval(model, ConvirtProcessor.from_pretrained(folder), retrieval, device=device,
+                              ks=RETRIEVAL_KS, directions=("text->image",))
+    return {"image->image": image_result, **text}, features
+
+
+def baseline_retrieval(spec: str, retrieval, device, image_size: int) -> tuple[dict, torch.Tensor]:
+    """An encoder without a text tower (random init, ImageNet): image->image by its pooled features."""
+    image_result, features = image_to_image(retrieval_encoder(spec, image_size=image_size), retrieval, RETRIEVAL_KS,
+                                            device=device)
+    return {"image->image": image_result}, features
 
 
 def probe(spec: str, name: str, records, tasks, args, device, image_size: int | None = None,
@@ -318,16 +339,14 @@ def linear_head(rows: list[dict]) -> list[dict]:
     return [row for row in rows if row.get("head", "linear") == "linear"]
 
 
-def embedding_maps(models: dict, processor, retrieval, output_dir: Path, device) -> dict[str, Path]:
+def embedding_maps(features: dict, retrieval, output_dir: Path) -> dict[str, Path]:
     from convirt_hf.evaluation.embedding_map import plot_embedding_map
-    from convirt_hf.evaluation.zero_shot import embed_images
 
     paths = {}
-    for name, model in models.items():
-        embeddings = embed_images(model, processor, retrieval.candidates["image"], device)
+    for name, candidate_features in features.items():
         path = embedding_map_path(output_dir, name)
-        plot_embedding_map(embeddings, retrieval.candidate_labels, path, methods=("tsne",), seed=0,
-                           title=f"{name}: retrieval candidates (image embeddings)")
+        plot_embedding_map(candidate_features, retrieval.candidate_labels, path, methods=("tsne",), seed=0,
+                           title=f"{name}: retrieval candidates (image tower features)")
         paths[name] = path
     return paths
 
@@ -335,34 +354,46 @@ def embedding_maps(models: dict, processor, retrieval, output_dir: Path, device)
 def ablation_table(rows: list[dict], values: list, task_name: str, headline: str, by: str = "tau",
                    labels: dict | None = None) -> str:
     """
-    The ablation over `values` of `by` ("tau" or "projection"): the 1% linear probe's mean ± std over seeds and the
-    P@10 of both retrieval directions; `labels` maps a value to its row's name (default: the value).
+    The ablation over `values` of `by` ("tau" or "projection"): the 1% linear probe and the P@10 of both retrieval
+    directions, each the mean ± std over pretraining runs; `labels` maps a value to its row's name.
     """
     labels = labels or {}
-    lines = [f"| {by} | linear probe 1% ({task_name} {headline}) | image->image P@10 | text->image P@10 |",
-             "|---|---|---|---|"]
+    lines = [f"| {by} | runs | linear probe 1% ({task_name} {headline}) | image->image P@10 | text->image P@10 |",
+             "|---|---|---|---|---|"]
     for value in values:
-        cells = []
+        cells, runs = [], 0
         for kind in ("probe", "image->image", "text->image"):
             row = next((r for r in rows if r["kind"] == kind and r.get(by) == value), None)
             if row is None or row["mean"] is None:
                 cells.append("n/a")
             else:
-                cells.append(f"{100 * row['mean']:.1f}" + (f" ± {100 * row['std']:.1f}" if row.get("std") else ""))
-        lines.append(f"| {labels.get(value, value if by != 'tau' else f'{value:g}')} | " + " | ".join(cells) + " |")
+                runs = max(runs, row["runs"])
+                cells.append(f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}")
+        name = labels.get(value, value if by != "tau" else f"{value:g}")
+        lines.append(f"| {name} | {runs} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def ablation_rows(by: str, value, probe_rows: list[dict], directions: dict, task, fraction: float) -> list[dict]:
-    """The ablation's entries for one run: its `fraction` linear probe summary and both directions' P@10."""
+def ablation_rows(by: str, value, runs: list[tuple[list[dict], dict]], task, fraction: float) -> list[dict]:
+    """
+    The ablation's entries for one value over its pretraining runs (each: its probe rows and retrieval results):
+    per metric the mean and standard deviation over the runs of each run's own value (its `fraction` linear probe
+    averaged over probe seeds; its P@10).
+    """
     from convirt_hf.evaluation.scoring import headline_metric
 
-    summary = [s for s in summarise_runs(linear_head(probe_rows))
-               if s["task"] == task.name and s["fraction"] == fraction and s["metric"] == headline_metric(task)]
-    entries = [{"kind": "probe", by: value, **(summary[0] if summary else {"mean": None})}]
-    for direction, result in directions.items():
-        entries.append({"kind": direction, by: value, "mean": result["mean"][10], "std": 0.0})
-    return entries
+    per_kind: dict[str, list[float]] = {"probe": [], "image->image": [], "text->image": []}
+    for probe_rows, directions in runs:
+        summary = [s for s in summarise_runs(linear_head(probe_rows))
+                   if s["task"] == task.name and s["fraction"] == fraction and s["metric"] == headline_metric(task)]
+        if summary:
+            per_kind["probe"].append(summary[0]["mean"])
+        for direction, result in directions.items():
+            if result["mean"][10] is not None:
+                per_kind[direction].append(result["mean"][10])
+    return [{"kind": kind, by: value, "mean": float(np.mean(values)) if values else None,
+             "std": float(np.std(values)) if values else None, "runs": len(values)}
+            for kind, values in per_kind.items()]
 
 
 def retrieval_rows(name: str, results: dict, tau: float | None = None) -> list[dict]:
@@ -378,24 +409,20 @@ def retrieval_rows(name: str, results: dict, tau: float | None = None) -> list[d
 def main(argv: list[str] | None = None) -> dict:
     (args, _preset) = parse_arguments((ReproduceArguments,), argv, description=__doc__)
     configure_logging()
-    from convirt_hf import ConvirtModel, ConvirtProcessor
-    from convirt_hf.evaluation.scoring import headline_metric
+    from convirt_hf import ConvirtModel
     from convirt_hf.evaluation.zero_shot import load_retrieval_set
 
     started = time.time()
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    planned = {run_folder(args, tau) for tau in args.taus} | {run_folder(args, MAIN_TAU, kind) for kind in args.projections}
-    reused = {folder for folder in planned if is_finished_run(folder)}
-    folders = {tau: pretrained_folder(args, tau) for tau in args.taus}
-    main_folder = folders[MAIN_TAU]
-    projection_folders = {kind: pretrained_folder(args, MAIN_TAU, kind) for kind in args.projections}
-    pretraining_minutes = sum(_train_runtime_seconds(folder) for folder in planned) / 60
+    reused = {key for key, run in args.runs.items() if is_finished_run(run.folder)}
+    folders = pretrained_folders(args)
+    main_folder = folders[main_run_key(args)]
+    pretraining_minutes = sum(_train_runtime_seconds(folder) for folder in set(folders.values())) / 60
     corpus = corpus_folder(None, args.cache_dir, args.synthetic_seed, args.synthetic_pretrain_size)
     records = classification_splits(corpus)
     retrieval = load_retrieval_set(corpus)
-    processor = ConvirtProcessor.from_pretrained(main_folder)
     main_config = ConvirtModel.config_class.from_pretrained(main_folder)
     architecture, image_size = main_config.image_model_name, main_config.image_size
 
@@ -410,132 +437,153 @@ def main(argv: list[str] | None = None) -> dict:
     head_summary = [row for row in summarise_runs(results)
                     if row["model"] == "ConVIRT" and row.get("head") in args.probe_heads]
 
-    # Table 2: retrieval, ConVIRT against a random model of the same shape
-    convirt = ConvirtModel.from_pretrained(main_folder, dtype=torch.float32).to(device).eval()
-    random_model = random_convirt_like(main_folder).to(device)
-    retrieval_by_model = {"random init": retrieval_results(random_model, processor, retrieval, device),
-                          "ConVIRT": retrieval_results(convirt, processor, retrieval, device)}
+    # Table 2: image->image by every encoder's pooled features, text->image by ConVIRT
+    retrieval_by_model, features = {}, {}
+    retrieval_by_model["ConVIRT"], features["ConVIRT"] = convirt_retrieval(main_folder, retrieval, device)
+    retrieval_by_model["random init"], features["random init"] = baseline_retrieval(
+        f"random:{architecture}", retrieval, device, image_size)
+    if args.imagenet is not None:
+        retrieval_by_model["ImageNet init"], _ = baseline_retrieval(args.imagenet, retrieval, device, image_size)
     for name, directions in retrieval_by_model.items():
         results += retrieval_rows(name, directions, MAIN_TAU if name == "ConVIRT" else None)
     maps_dir = Path(args.maps_dir) if args.maps_dir else output_dir
     maps_dir.mkdir(parents=True, exist_ok=True)
-    maps = embedding_maps({"ConVIRT": convirt, "random init": random_model}, processor, retrieval, maps_dir, device)
+    maps = embedding_maps(features, retrieval, maps_dir)
 
-    # Table 4: the temperature ablation; then the projection ablation, whose main-model kind is the tau = 0.1 run
+    # Table 4: the temperature and projection ablations, each value over its pretraining runs
     task = args.parsed_ablation_task
-    main_probe_rows = linear_head([r for r in results if r["model"] == "ConVIRT" and r["task"] == task.name])
+    evaluated = {main_folder: ([r for r in linear_head(results) if r["model"] == "ConVIRT" and r["task"] == task.name],
+                               retrieval_by_model["ConVIRT"])}
 
     def evaluate_run(folder: Path, name: str, tau: float) -> tuple[list[dict], dict]:
-        """The ablation task's probe rows and the retrieval results of one run (the main model's are reused)."""
-        nonlocal main_probe_rows, results
-        if folder == main_folder:
-            if not main_probe_rows:  # the ablation task is not one of --tasks
-                main_probe_rows = probe(str(folder), "ConVIRT", records, [task], args, device)
-                results += main_probe_rows
-            return main_probe_rows, retrieval_by_model["ConVIRT"]
-        model = ConvirtModel.from_pretrained(folder, dtype=torch.float32).to(device).eval()
-        directions = retrieval_results(model, ConvirtProcessor.from_pretrained(folder), retrieval, device)
-        probe_rows = probe(str(folder), name, records, [task], args, device)
-        results += retrieval_rows(name, directions, tau) + probe_rows
-        return probe_rows, directions
+        """The ablation task's probe rows and the retrieval results of one run (each run evaluated once)."""
+        nonlocal results
+        if folder not in evaluated or not evaluated[folder][0]:  # the main run lacks them if the task is not in --tasks
+            probe_rows = probe(str(folder), name, records, [task], args, device)
+            directions = evaluated[folder][1] if folder in evaluated else convirt_retrieval(folder, retrieval, device)[0]
+            results += probe_rows + (retrieval_rows(name, directions, tau) if folder not in evaluated else [])
+            evaluated[folder] = (probe_rows, directions)
+        return evaluated[folder]
 
     ablation, projection_ablation = [], []
-    for tau, folder in folders.items():
-        probe_rows, directions = evaluate_run(folder, f"ConVIRT tau={tau:g}", tau)
-        ablation += ablation_rows("tau", tau, probe_rows, directions, task, min(args.fractions))
-    for kind, folder in projection_folders.items():
-        probe_rows, directions = evaluate_run(folder, f"ConVIRT projection={kind}", MAIN_TAU)
-        projection_ablation += ablation_rows("projection", kind, probe_rows, directions, task, min(args.fractions))
+    for tau in args.taus:
+        runs = [evaluate_run(folders[(tau, None, seed)], f"ConVIRT tau={tau:g} seed={seed}", tau)
+                for seed in args.pretrain_seeds]
+        ablation += ablation_rows("tau", tau, runs, task, min(args.fractions))
+    for kind in args.projections:
+        key = (lambda seed: (MAIN_TAU, None, seed)) if kind == args.main_projection else (
+            lambda seed, kind=kind: (MAIN_TAU, kind, seed))
+        runs = [evaluate_run(folders[key(seed)], f"ConVIRT projection={kind} seed={seed}", MAIN_TAU)
+                for seed in args.pretrain_seeds]
+        projection_ablation += ablation_rows("projection", kind, runs, task, min(args.fractions))
 
     elapsed = time.time() - started
     command = "python training/reproduce.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    chance = retrieval.chance_rate()
-    lines = [
-        "# ConVIRT in miniature: the paper's tables on the synthetic corpus",
-        "",
-        f"Produced by `{command.strip()}` in {elapsed / 60:.1f} minutes on {platform.machine()} "
-        f"({os.cpu_count()}-core CPU, {torch.get_num_threads()} threads, "
-        f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'no GPU'}), torch {torch.__version__}. "
-        f"Pretraining: preset `{args.pretrain_config}`"
-        f"{' with `' + args.pretrain_overrides + '`' if args.pretrain_overrides else ''}, {len(planned)} run(s), "
-        f"{len(planned) - len(reused)} pretrained by this call and {len(reused)} reused from earlier ones "
-        f"({pretraining_minutes:.1f} minutes of pretraining in all, by their metrics.json); main model (tau 0.1) "
-        f"`{main_folder}`{' (reused: `--pretrained`, e.g. what `make pretrain` wrote)' if args.pretrained else ''}. "
-        f"Numbers are x100; mean ± standard deviation over seeds {args.seeds} (the label subsets "
-        "differ per seed; at 100% they are the same, so the spread is 0).",
-        "",
-        "## Linear probe (the paper's Table 1a)",
-        "",
-        "Tasks: `findings` (7 findings, multi-label, mean AUC; stands for CheXpert), `category` (8 classes, "
-        "accuracy; COVIDx), `pneumonia` (binary AUC; RSNA), `fracture` (binary AUC; MURA, scored per image: the synthetic corpus has no per-patient labels).",
-        "",
-        format_probe_table(probe_summary),
-        "",
-        "## Zero-shot retrieval (the paper's Table 2)",
-        "",
-        f"Precision@k over the retrieval set ({len(retrieval.candidates)} candidates, {len(retrieval.queries)} image "
-        f"queries, {sum(len(v) for v in retrieval.text_queries.values())} text queries); chance is "
-        f"{100 * chance:.1f}.",
-        "",
-    ]
-    for name, directions in retrieval_by_model.items():
-        lines += [f"**{name}**", "", format_precision_table(directions, RETRIEVAL_KS), ""]
-    lines += [
-        "## Temperature ablation (the paper's Table 4)",
-        "",
-        ablation_table(ablation, args.taus, task.name, headline_metric(task),
-                       labels={MAIN_TAU: f"{MAIN_TAU:g} (paper default)"}),
-        "",
-    ]
-    if args.projections:
-        lines += [
-            "## Projection ablation (beyond the paper)",
-            "",
-            f"The projections g_v and g_u: `mlp` (the paper's: one hidden layer and a ReLU), `linear`, and `tversky` "
-            "(a Tversky projection layer, Doumbouya et al. 2025: the similarities of h to learned prototypes over a "
-            f"learned feature bank). One tau = {MAIN_TAU:g} run each with preset `{args.pretrain_config}`; the "
-            f"`{args.main_projection}` row is the main model (`{main_folder}`). The spread is over the probe's seeds "
-            "(label subsets), not over pretraining runs; retrieval is deterministic.",
-            "",
-            ablation_table(projection_ablation, args.projections, task.name, headline_metric(task), by="projection",
-                           labels={args.main_projection: f"{args.main_projection} (main model)"}),
-            "",
-        ]
-    if args.probe_heads:
-        lines += [
-            "## Probe-head ablation (beyond the paper)",
-            "",
-            "The linear probe of ConVIRT's frozen features (the main model) with its logistic-regression head (the "
-            "paper's protocol, Table 1a's ConVIRT row) and with a Tversky head (class prototypes over a learned feature "
-            "bank, fitted by full-batch AdamW; see `convirt_hf.evaluation.linear_probe`); same label subsets and "
-            "penalty choice on the validation split. The Tversky head's initialisation is drawn from each seed, so its "
-            "spread at 100% is not 0.",
-            "",
-            format_probe_table(head_summary),
-            "",
-        ]
-    lines += [
-        "## Image embeddings (t-SNE)",
-        "",
-    ]
-    markdown_dir = Path(args.markdown).parent if args.markdown else output_dir
-    for name, path in maps.items():
-        lines.append(f"![{name}]({Path(_relative(path, markdown_dir)).as_posix()})")
-    text = "\n".join(lines) + "\n"
+    report = {"probe_summary": probe_summary, "retrieval": retrieval_by_model, "ablation": ablation,
+              "projection_ablation": projection_ablation, "head_summary": head_summary, "maps": maps,
+              "main_folder": main_folder, "runs": len(folders), "reused": len(reused),
+              "pretraining_minutes": pretraining_minutes, "elapsed": elapsed, "command": command}
+    text = markdown_report(args, report, retrieval, device, output_dir)
     (output_dir / "results.md").write_text(text)
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(text)
-    metadata = {"protocol": "reproduce", "corpus": str(corpus), "pretrained": {str(t): str(f) for t, f in folders.items()},
-                "pretrained_projections": {kind: str(f) for kind, f in projection_folders.items()},
-                "main_projection": args.main_projection, "chance_rate": chance, "runtime_seconds": round(elapsed, 1),
-                "arguments": asdict(args), "ablation": ablation, "projection_ablation": projection_ablation,
-                "embedding_maps": {k: str(v) for k, v in maps.items()}}
+    metadata = {"protocol": "reproduce", "corpus": str(corpus),
+                "pretrained": {"/".join(str(part) for part in key): str(folder) for key, folder in folders.items()},
+                "main_model": str(main_folder), "pretrain_seeds": args.pretrain_seeds,
+                "main_projection": args.main_projection, "chance_rate": retrieval.chance_rate(),
+                "runtime_seconds": round(elapsed, 1), "arguments": asdict(args), "ablation": ablation,
+                "projection_ablation": projection_ablation, "embedding_maps": {k: str(v) for k, v in maps.items()}}
     write_results(output_dir / "results.json", metadata, results, summarise_runs(results), overwrite=True)
     print(text)
     return {"metadata": metadata, "results": results, "summary": probe_summary, "ablation": ablation,
             "projection_ablation": projection_ablation, "head_summary": head_summary,
             "retrieval": retrieval_by_model, "markdown": text}
+
+
+def markdown_report(args: ReproduceArguments, report: dict, retrieval, device, output_dir: Path) -> str:
+    """results.md: the tables, each with the spread it shows."""
+    from convirt_hf.evaluation.scoring import headline_metric
+
+    task = args.parsed_ablation_task
+    spread_over_runs = (f"mean ± std over {len(args.pretrain_seeds)} pretraining run(s) (seeds {args.pretrain_seeds}); "
+                        f"each run's probe value is its mean over probe seeds {args.seeds}")
+    lines = [
+        "# ConVIRT in miniature: the paper's tables on the synthetic corpus",
+        "",
+        f"Produced by `{report['command'].strip()}` in {report['elapsed'] / 60:.1f} minutes on {platform.machine()} "
+        f"({os.cpu_count()}-core CPU, {torch.get_num_threads()} threads, "
+        f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'no GPU'}), torch {torch.__version__}. "
+        f"Pretraining: preset `{args.pretrain_config}`"
+        f"{' with `' + args.pretrain_overrides + '`' if args.pretrain_overrides else ''}, {report['runs']} run(s), "
+        f"{report['runs'] - report['reused']} pretrained by this call and {report['reused']} reused from earlier ones "
+        f"({report['pretraining_minutes']:.1f} minutes of pretraining in all, by their metrics.json); main model "
+        f"(tau 0.1, seed {args.pretrain_seeds[0]}) `{report['main_folder']}`"
+        f"{' (reused: `--pretrained`, e.g. what `make pretrain` wrote)' if args.pretrained else ''}. Numbers are x100.",
+        "",
+        "## Linear probe (the paper's Table 1a)",
+        "",
+        "Tasks: `findings` (7 findings, multi-label, mean AUC; stands for CheXpert), `category` (8 classes, accuracy; "
+        "COVIDx), `pneumonia` (binary AUC; RSNA), `fracture` (binary AUC; MURA, scored per image: the synthetic corpus "
+        "has no per-patient labels). The probe is this project's protocol: L-BFGS logistic regression on frozen "
+        "features with the penalty chosen on the validation split (the paper trains a linear layer with Adam). Mean "
+        f"± std over probe seeds {args.seeds} (the label subsets differ per seed; at 100% they are the same, so the "
+        "spread is 0), one pretrained model.",
+        "",
+        format_probe_table(report["probe_summary"]),
+        "",
+        "## Zero-shot retrieval (the paper's Table 2)",
+        "",
+        f"Precision@k over the retrieval set ({len(retrieval.candidates)} candidates, {len(retrieval.queries)} image "
+        f"queries, {sum(len(v) for v in retrieval.text_queries.values())} text queries); chance is "
+        f"{100 * retrieval.chance_rate():.1f}. Image->image ranks by each encoder's pooled image features (the same "
+        "features for every row: the baselines have no projection head); text->image ranks in ConVIRT's joint space. "
+        "One pretrained model; retrieval is deterministic.",
+        "",
+    ]
+    for name, directions in report["retrieval"].items():
+        lines += [f"**{name}**", "", format_precision_table(directions, RETRIEVAL_KS), ""]
+    lines += [
+        "## Temperature ablation (the paper's Table 4)",
+        "",
+        f"Each row: {spread_over_runs}.",
+        "",
+        ablation_table(report["ablation"], args.taus, task.name, headline_metric(task),
+                       labels={MAIN_TAU: f"{MAIN_TAU:g} (paper default)"}),
+        "",
+    ]
+    if args.projections:
+        lines += [
+            "## Projection ablation (the paper's Table 4: linear vs non-linear projection)",
+            "",
+            "The projections g_v and g_u: `mlp` (the paper's: one hidden layer and a ReLU), `linear` (the paper's "
+            "ablation), and `tversky` (this project's addition: a Tversky projection layer, Doumbouya et al. 2025, the "
+            f"similarities of h to learned prototypes over a learned feature bank). Tau = {MAIN_TAU:g}, preset "
+            f"`{args.pretrain_config}`; the `{args.main_projection}` row is the temperature ablation's tau = "
+            f"{MAIN_TAU:g} runs. Each row: {spread_over_runs}.",
+            "",
+            ablation_table(report["projection_ablation"], args.projections, task.name, headline_metric(task),
+                           by="projection", labels={args.main_projection: f"{args.main_projection} (main model)"}),
+            "",
+        ]
+    if args.probe_heads:
+        lines += [
+            "## Probe-head ablation (this project's addition)",
+            "",
+            "The linear probe of ConVIRT's frozen features (the main model) with its logistic-regression head (this "
+            "project's probe protocol, Table 1a's ConVIRT row) and with a Tversky head (class prototypes over a learned "
+            "feature bank, fitted by full-batch AdamW; see `convirt_hf.evaluation.linear_probe`); same label subsets "
+            "and penalty choice on the validation split. The Tversky head's initialisation is drawn from each seed, so "
+            "its spread at 100% is not 0.",
+            "",
+            format_probe_table(report["head_summary"]),
+            "",
+        ]
+    lines += ["## Image features (t-SNE)", ""]
+    markdown_dir = Path(args.markdown).parent if args.markdown else output_dir
+    for name, path in report["maps"].items():
+        lines.append(f"![{name}]({Path(_relative(path, markdown_dir)).as_posix()})")
+    return "\n".join(lines) + "\n"
 
 
 def _train_runtime_seconds(folder: Path) -> float:

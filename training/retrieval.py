@@ -1,11 +1,19 @@
 #!/usr/bin/env python
-"""The paper's zero-shot retrieval protocol: image->image and text->image Precision@k of ConVIRT models.
+"""The paper's zero-shot retrieval protocol: image->image and text->image Precision@k of ConVIRT models and baselines.
 
     python training/retrieval.py --models outputs/convirt-demo                       # the synthetic corpus's set
+    python training/retrieval.py --models outputs/convirt-demo random:resnet18 resnet18.a1_in1k   # Table 2's rows
     python training/retrieval.py --models outputs/convirt-demo --zero_shot --embedding_map outputs/tsne.png
     python training/retrieval.py --models runs/convirt-mimic \\
         --chexpert_csv /data/CheXpert-v1.0/train.csv --chexpert_root /data \\
         --retrieval_set_output /data/chexpert-8x200 --output runs/chexpert_retrieval.json
+
+--models takes the encoder specs the linear probe takes: ConVIRT folders (image->image and text->image), and for
+image->image alone `random:<timm architecture>`, a timm name with a pretrained tag, a timm folder or a checkpoint file
+(--architecture names its model). Image->image ranks by the backbone's pooled features (--features backbone, the
+default: the same features for every encoder, as the random and ImageNet baselines have no projection head) or, for
+ConVIRT models, by the projected joint-space embeddings (--features projection, what pretraining's own retrieval
+metrics use). Text->image always ranks in the joint space.
 
 Candidates are ranked by cosine similarity to each query (query images, or each category's text sentences);
 Precision@k (k = 5, 10, 50, 100 by default) is reported per category and as the mean over queries. A k larger than a
@@ -37,13 +45,15 @@ from convirt_hf.cli import (
     check_output_file,
     check_synthetic_corpus_arguments,
     configure_logging,
+    one_of,
     parse_arguments,
     positive,
     run_cli,
 )
 from convirt_hf.evaluation.chexpert import load_text_queries
 from convirt_hf.evaluation.corpora import saved_splits
-from convirt_hf.evaluation.encoders import is_convirt_folder
+from convirt_hf.evaluation.encoders import check_image_encoder_spec
+from convirt_hf.evaluation.image_retrieval import IMAGE_FEATURES
 from convirt_hf.evaluation.retrieval import DEFAULT_KS, format_precision_table
 from convirt_hf.evaluation.tasks import parse_task
 
@@ -58,8 +68,19 @@ EMBEDDING_MAP_METHODS = ("tsne", "umap")
 class RetrievalArguments:
     models: list[str] = field(
         default_factory=lambda: ["outputs/convirt-demo"],
-        metadata={"help": "ConVIRT model folders (written by training/pretrain.py or save_pretrained)"},
+        metadata={"help": "ConVIRT model folders (written by training/pretrain.py or save_pretrained), and image "
+                  "encoders for image->image alone: random:<timm architecture>, a timm name with a pretrained tag, "
+                  "a timm folder or a checkpoint file"},
     )
+    features: str = field(
+        default="backbone",
+        metadata={"help": "image->image ranks by the backbone's pooled features (backbone: the same for every encoder) "
+                  "or by a ConVIRT model's projected embeddings (projection)"},
+    )
+    architecture: str | None = field(default=None, metadata={"help": "timm architecture of checkpoint files"})
+    image_size: int | None = field(
+        default=None, metadata={"help": "input side of random/timm encoders (default: the first ConVIRT model's, else "
+                                "the encoder's own)"})
     retrieval_set: str | None = field(
         default=None, metadata={"help": "a retrieval-set folder; default: the synthetic corpus's retrieval splits"})
     chexpert_csv: list[str] | None = field(
@@ -115,13 +136,22 @@ class RetrievalArguments:
         positive("chexpert_seed", self.chexpert_seed, allow_zero=True)
         positive("seed", self.seed, allow_zero=True)
         if not self.models:
-            raise ValueError("--models needs at least one ConVIRT model folder")
+            raise ValueError("--models needs at least one model or image encoder")
+        one_of("features", self.features, IMAGE_FEATURES)
+        if self.image_size is not None:
+            positive("image_size", self.image_size)
+        if self.architecture is not None:
+            import timm
+
+            if not timm.is_model(self.architecture):
+                raise ValueError(f"--architecture {self.architecture!r} is not a timm architecture")
+        self.kinds = {}
         for model in self.models:
-            if not Path(model).expanduser().is_dir():
-                raise ValueError(f"--models {model}: no such folder")
-            if not is_convirt_folder(Path(model).expanduser()):
-                raise ValueError(f"--models {model} is not a ConVIRT model folder (no config.json with model_type "
-                                 "convirt)")
+            with argument_errors("models"):
+                self.kinds[model] = check_image_encoder_spec(model, self.architecture)
+            if self.features == "projection" and self.kinds[model] != "convirt":
+                raise ValueError(f"--features projection: {model} is a {self.kinds[model]} encoder without a projection "
+                                 "head; use --features backbone to compare it")
         if not self.ks or any(k <= 0 for k in self.ks):
             raise ValueError(f"--ks must be positive integers, got {self.ks}")
         self.ks = list(dict.fromkeys(int(k) for k in self.ks))
@@ -268,14 +298,15 @@ def embedding_map_paths(path: str, models: list[str]) -> dict[str, Path]:
             for i, (model, name) in enumerate(zip(models, names))}
 
 
-def retrieval_rows(results: dict, model: str, data: str, ks) -> list[dict]:
+def retrieval_rows(results: dict, model: str, data: str, ks, features: str = "backbone") -> list[dict]:
     """Result rows of one model: the mean Precision@k of each direction, then one row per category."""
     rows = []
     for direction, result in results.items():
         total_queries = sum(result["num_queries"].values())
         total_candidates = sum(result["num_candidates"].values())
         common = {"model": model, "data": data, "task": "retrieval", "protocol": "retrieval", "fraction": None,
-                  "seed": None, "direction": direction}
+                  "seed": None, "direction": direction,
+                  "features": features if direction == "image->image" else "projection"}
         for k in ks:
             rows.append({**common, "metric": f"{direction}/P@{k}", "value": result["mean"][k], "k": k,
                          "category": "mean", "num_queries": total_queries, "num_candidates": total_candidates,
@@ -311,21 +342,11 @@ def _zero_shot_records(args: RetrievalArguments, retrieval_folder: Path):
     return folder, corpus[args.zero_shot_split]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    (args, _preset) = parse_arguments((RetrievalArguments,), argv, description=__doc__)
-    configure_logging()
-    from convirt_hf import ConvirtModel, ConvirtProcessor
+def load_retrieval(args: RetrievalArguments):
+    """The retrieval set the arguments name (built from CheXpert's CSVs first when asked), and its folder."""
     from convirt_hf.evaluation.chexpert import build_chexpert_retrieval_set
     from convirt_hf.evaluation.corpora import corpus_folder
-    from convirt_hf.evaluation.linear_probe import summarise_runs
-    from convirt_hf.evaluation.reporting import write_results
-    from convirt_hf.evaluation.scoring import headline_metric
-    from convirt_hf.evaluation.zero_shot import (
-        embed_images,
-        evaluate_retrieval,
-        evaluate_zero_shot_classification,
-        load_retrieval_set,
-    )
+    from convirt_hf.evaluation.zero_shot import load_retrieval_set
 
     if args.chexpert_csv:
         folder = build_chexpert_retrieval_set(
@@ -341,6 +362,76 @@ def main(argv: list[str] | None = None) -> dict:
     retrieval = load_retrieval_set(folder)
     if args.text_queries is not None and not args.chexpert_csv:  # a built set already holds them
         retrieval.text_queries = load_text_queries(args.text_queries, list(dict.fromkeys(retrieval.candidate_labels)))
+    return folder, retrieval
+
+
+def processor_view(model_dir: str | Path) -> tuple[int, int]:
+    """The (crop, resize) evaluation view a ConVIRT folder's processor makes."""
+    from convirt_hf import ConvirtConfig
+
+    crop = int(ConvirtConfig.from_pretrained(Path(model_dir).expanduser()).image_size)
+    processor_file = Path(model_dir).expanduser() / "processor_config.json"
+    image_processor = json.loads(processor_file.read_text()).get("image_processor", {}) if processor_file.is_file() \
+        else {}
+    crop = int(image_processor.get("crop_size", {}).get("height", crop))
+    return crop, int(image_processor.get("size", {}).get("shortest_edge", round(crop * 8 / 7)))
+
+
+def baseline_view(args: RetrievalArguments) -> tuple[int | None, int | None]:
+    """The (crop, resize) of random/timm encoders: --image_size, else the first ConVIRT model's (same views for all)."""
+    if args.image_size is not None:
+        return args.image_size, None
+    convirt = next((spec for spec in args.models if args.kinds[spec] == "convirt"), None)
+    return processor_view(convirt) if convirt else (None, None)
+
+
+def model_directions(spec: str, args: RetrievalArguments, retrieval, device, view):
+    """Image->image by the chosen features (any encoder) and, for a ConVIRT model, text->image; with the candidates'
+    image->image features (for the embedding map) and the ConVIRT model and processor (None for other encoders)."""
+    from convirt_hf import ConvirtModel, ConvirtProcessor
+    from convirt_hf.evaluation.image_retrieval import image_to_image, retrieval_encoder
+    from convirt_hf.evaluation.zero_shot import evaluate_retrieval
+
+    is_convirt = args.kinds[spec] == "convirt"
+    image_size, resize = processor_view(spec) if is_convirt else view
+    encoder = retrieval_encoder(spec, args.features, architecture=args.architecture, image_size=image_size)
+    image_result, candidate_features = image_to_image(encoder, retrieval, args.ks, device=device,
+                                                      batch_size=args.batch_size, resize=resize)
+    directions, model, processor = {"image->image": image_result}, None, None
+    if is_convirt:
+        model_dir = Path(spec).expanduser()
+        model = ConvirtModel.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+        processor = ConvirtProcessor.from_pretrained(model_dir)
+        directions.update(evaluate_retrieval(model, processor, retrieval, device=device, ks=args.ks,
+                                             directions=("text->image",)))
+    return directions, candidate_features, model, processor
+
+
+def zero_shot_rows(spec: str, args: RetrievalArguments, model, processor, records, prompts, data: str,
+                   device) -> list[dict]:
+    from convirt_hf.evaluation.scoring import headline_metric
+    from convirt_hf.evaluation.zero_shot import evaluate_zero_shot_classification
+
+    scores = evaluate_zero_shot_classification(model, processor, records, args.parsed_tasks, prompts, device=device,
+                                               batch_size=args.batch_size)
+    rows, lines = [], ["| task | metric | value |", "|---|---|---|"]
+    for task in args.parsed_tasks:
+        for metric, value in scores[task.name].items():
+            rows.append({"model": spec, "data": data, "task": task.name, "task_kind": task.kind,
+                         "protocol": "zero_shot", "fraction": None, "seed": None, "metric": metric, "value": value,
+                         "headline": metric == headline_metric(task)})
+            lines.append(f"| {task.name} | {metric} | {'n/a' if value is None else f'{100 * value:.1f}'} |")
+    print(f"\nzero-shot classification ({data}):\n\n" + "\n".join(lines))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args, _preset) = parse_arguments((RetrievalArguments,), argv, description=__doc__)
+    configure_logging()
+    from convirt_hf.evaluation.linear_probe import summarise_runs
+    from convirt_hf.evaluation.reporting import write_results
+
+    folder, retrieval = load_retrieval(args)
     zero_shot_folder = zero_shot_records = prompts = None
     if args.zero_shot:
         zero_shot_folder, zero_shot_records = _zero_shot_records(args, folder)
@@ -353,44 +444,39 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     map_paths = embedding_map_paths(args.embedding_map, args.models) if args.embedding_map else {}
+    view = baseline_view(args)
     results, tables, maps = [], {}, {}
     for spec in args.models:
-        model_dir = Path(spec).expanduser()
-        model = ConvirtModel.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
-        processor = ConvirtProcessor.from_pretrained(model_dir)
-        directions = evaluate_retrieval(model, processor, retrieval, device=device, ks=args.ks)
-        results += retrieval_rows(directions, spec, str(folder), args.ks)
-        table = format_precision_table(directions, args.ks)
-        tables[spec] = table
-        print(f"\n## {spec} on {folder}\n\n{table}")
+        directions, candidate_features, model, processor = model_directions(spec, args, retrieval, device, view)
+        results += retrieval_rows(directions, spec, str(folder), args.ks, args.features)
+        tables[spec] = format_precision_table(directions, args.ks)
+        print(f"\n## {spec} on {folder} (image->image by {args.features} features)\n\n{tables[spec]}")
         for direction, result in directions.items():
             print(f"\n{direction}, per category:\n\n{format_category_table(result, args.ks)}")
         if spec in map_paths:
             from convirt_hf.evaluation.embedding_map import plot_embedding_map
 
-            embeddings = embed_images(model, processor, retrieval.candidates["image"], device,
-                                      batch_size=args.batch_size)
-            drawn = plot_embedding_map(embeddings, retrieval.candidate_labels, map_paths[spec],
+            drawn = plot_embedding_map(candidate_features, retrieval.candidate_labels, map_paths[spec],
                                        methods=args.embedding_map_methods, seed=args.seed,
-                                       title=f"{model_dir.name}: retrieval candidates")
+                                       title=f"{Path(spec).name or spec}: retrieval candidates ({args.features})")
             maps[spec] = {"path": str(drawn.path), "methods": list(drawn.coordinates)}
-        if args.zero_shot:
-            scores = evaluate_zero_shot_classification(model, processor, zero_shot_records, args.parsed_tasks, prompts,
-                                                       device=device, batch_size=args.batch_size)
-            lines = ["| task | metric | value |", "|---|---|---|"]
-            for task in args.parsed_tasks:
-                for metric, value in scores[task.name].items():
-                    results.append({"model": spec, "data": f"{zero_shot_folder}:{args.zero_shot_split}",
-                                    "task": task.name, "task_kind": task.kind, "protocol": "zero_shot",
-                                    "fraction": None, "seed": None, "metric": metric, "value": value,
-                                    "headline": metric == headline_metric(task)})
-                    lines.append(f"| {task.name} | {metric} | {'n/a' if value is None else f'{100 * value:.1f}'} |")
-            print(f"\nzero-shot classification ({zero_shot_folder}:{args.zero_shot_split}):\n\n" + "\n".join(lines))
+        if args.zero_shot and model is not None:
+            results += zero_shot_rows(spec, args, model, processor, zero_shot_records, prompts,
+                                      f"{zero_shot_folder}:{args.zero_shot_split}", device)
+        elif args.zero_shot:
+            logger.info("%s: no text tower, no zero-shot classification", spec)
         del model
 
     summary = summarise_runs([row for row in results if row.get("category", "mean") == "mean"])
+    metadata = results_metadata(args, folder, retrieval, zero_shot_folder, prompts, maps, view[0])
+    write_results(args.output, metadata, results, summary, overwrite=args.overwrite)
+    logger.info("results written to %s", args.output)
+    return {"metadata": metadata, "results": results, "summary": summary, "tables": tables}
+
+
+def results_metadata(args, folder, retrieval, zero_shot_folder, prompts, maps, image_size) -> dict:
     description_file = Path(folder) / "retrieval_set.json"
-    metadata = {
+    return {
         "protocol": "retrieval",
         "retrieval_set": str(folder),
         "retrieval_set_info": json.loads(description_file.read_text()) if description_file.is_file() else None,
@@ -398,6 +484,8 @@ def main(argv: list[str] | None = None) -> dict:
         "num_queries": len(retrieval.queries),
         "chance_rate": retrieval.chance_rate(),
         "ks": args.ks,
+        "image_features": args.features,
+        "baseline_image_size": image_size,
         "text_queries": retrieval.text_queries,
         "zero_shot": None if not args.zero_shot else {
             "dataset": str(zero_shot_folder), "split": args.zero_shot_split, "prompts": prompts,
@@ -408,9 +496,6 @@ def main(argv: list[str] | None = None) -> dict:
         "embedding_maps": maps,
         "arguments": {key: value for key, value in asdict(args).items()},
     }
-    write_results(args.output, metadata, results, summary, overwrite=args.overwrite)
-    logger.info("results written to %s", args.output)
-    return {"metadata": metadata, "results": results, "summary": summary, "tables": tables}
 
 
 def cli() -> None:

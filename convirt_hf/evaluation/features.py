@@ -75,17 +75,19 @@ def encode_splits(
     num_workers: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
+    resize: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """
     Features of every split (`{"train": records, ...}`) for an [`ImageEncoder`], at its own input size.
 
     `eval_mode` is the evaluation view (see [`ConvirtEvalTransform`]): `"pad_square"`, the paper's classification
-    protocol (zero-pad to square, resize), or `"resize_crop"` (resize the short side to 8/7 of the size, centre crop).
+    protocol (zero-pad to square, resize), or `"resize_crop"` (resize the short side to `resize`, by default 8/7 of
+    the size, then centre crop).
     """
     from convirt_hf.data.transforms import ConvirtEvalTransform
 
     size = encoder.image_size
-    transform = ConvirtEvalTransform(resize=round(size * 8 / 7), crop=size, mode=eval_mode)
+    transform = ConvirtEvalTransform(resize=resize or round(size * 8 / 7), crop=size, mode=eval_mode)
     device = torch.device(device) if device is not None else torch.device("cpu")
     encoder.model.to(device)
     return {

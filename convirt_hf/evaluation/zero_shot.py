@@ -123,20 +123,29 @@ def embed_texts(model, processor, texts: Sequence[str], device, batch_size: int 
 
 
 def evaluate_retrieval(
-    model, processor, retrieval: RetrievalSet, device=None, ks: Sequence[int] = DEFAULT_KS
+    model, processor, retrieval: RetrievalSet, device=None, ks: Sequence[int] = DEFAULT_KS,
+    directions: Sequence[str] = ("image->image", "text->image"),
 ) -> dict[str, dict]:
-    """Image->image and text->image Precision@k (see `precision_at_k`), with the model in eval mode."""
+    """
+    Image->image and text->image Precision@k (see `precision_at_k`) in the joint space (projected embeddings), with
+    the model in eval mode: what pretraining tracks. (`convirt_hf.evaluation.image_retrieval.image_to_image` ranks
+    images by any encoder's features, the backbone's by default.)
+    """
     device = device or next(model.parameters()).device
+    results = {}
     with evaluating(model):
         candidates = embed_pixel_values(model, retrieval.prepared_images("candidates", processor), device)
-        queries = embed_pixel_values(model, retrieval.prepared_images("queries", processor), device)
-        sentences = [(category, sentence) for category, group in retrieval.text_queries.items() for sentence in group]
-        texts = embed_texts(model, processor, [sentence for _, sentence in sentences], device)
-    candidate_labels = retrieval.candidate_labels
-    return {
-        "image->image": precision_at_k(queries @ candidates.t(), retrieval.query_labels, candidate_labels, ks),
-        "text->image": precision_at_k(texts @ candidates.t(), [c for c, _ in sentences], candidate_labels, ks),
-    }
+        if "image->image" in directions:
+            queries = embed_pixel_values(model, retrieval.prepared_images("queries", processor), device)
+            results["image->image"] = precision_at_k(queries @ candidates.t(), retrieval.query_labels,
+                                                     retrieval.candidate_labels, ks)
+        if "text->image" in directions:
+            sentences = [(category, sentence) for category, group in retrieval.text_queries.items()
+                         for sentence in group]
+            texts = embed_texts(model, processor, [sentence for _, sentence in sentences], device)
+            results["text->image"] = precision_at_k(texts @ candidates.t(), [c for c, _ in sentences],
+                                                    retrieval.candidate_labels, ks)
+    return results
 
 
 # ------------------------------------------------------------------------------------ zero-shot classification

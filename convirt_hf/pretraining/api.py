@@ -37,6 +37,7 @@ from .data import DeviceAugmentation, build_dataloaders, load_corpus
 from .export import export_final_model
 from .failures import collective_failure
 from .loop import TrainingRun, train
+from .signature import training_signature
 from .state import RUN_MARKER, TrainState, prepare_output_dir, run_signature, truncate_log
 from .towers import build_model, check_towers, choose_text_pooling, prepare_tokenizer, text_tower_record
 
@@ -70,9 +71,15 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args
     """
     text_tower = check_towers(model_args, data_args)
     output_dir = open_run_folder(training_args)
+    # before the run resolves defaults (the training split), so that a planned run's signature can be compared to it
+    signature = training_signature(model_args, data_args, training_args)
     accelerator = build_accelerator(training_args, output_dir)
+    if training_args.global_batch_size is not None:  # before anything is written
+        training_args.per_device_batch_size = per_device_share(training_args.global_batch_size,
+                                                               accelerator.num_processes)
     try:
-        return run_pretraining(accelerator, model_args, data_args, training_args, preset, output_dir, text_tower)
+        return run_pretraining(accelerator, model_args, data_args, training_args, preset, output_dir, text_tower,
+                               signature)
     except RuntimeError as error:
         translated = collective_failure(error, accelerator, training_args, output_dir)
         if translated is None:
@@ -128,7 +135,8 @@ def build_accelerator(args: PretrainingArguments, output_dir: Path) -> Accelerat
     return accelerator
 
 
-def run_pretraining(accelerator, model_args, data_args, args, preset, output_dir: Path, text_tower) -> dict:
+def run_pretraining(accelerator, model_args, data_args, args, preset, output_dir: Path, text_tower,
+                    signature: dict) -> dict:
     start_run(accelerator, args, preset, output_dir)
     started = time.time()
     run, text_record = build_run(accelerator, model_args, data_args, args, output_dir, text_tower)
@@ -140,7 +148,7 @@ def run_pretraining(accelerator, model_args, data_args, args, preset, output_dir
         logger.info("frozen text tower: %d distinct sentences encoded once, %d uses served from them",
                     len(run.text_features), run.text_features.hits)
     metrics = export_final_model(accelerator, run.model, run.processor, run.retrieval, state, model_args, data_args,
-                                 args, output_dir, started, text_record)
+                                 args, output_dir, started, {"text_tower": text_record, "signature": signature})
     accelerator.end_training()
     if accelerator.is_main_process and args.push_to_hub:
         from convirt_hf.hub import push_folder
@@ -157,10 +165,21 @@ def start_run(accelerator, args: PretrainingArguments, preset, output_dir: Path)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / RUN_MARKER).write_text(json.dumps({"script": "pretrain", "preset": str(preset) if preset else None}))
     accelerator.wait_for_everyone()
+    if args.global_batch_size is not None:
+        logger.info("--global_batch_size %d: %d pairs per process", args.global_batch_size, args.per_device_batch_size)
     threads, why = configure_cpu_threads(accelerator.device)
     logger.info("%d process(es), device %s, %d CPU thread(s) per process (%s), mixed precision %s",
                 accelerator.num_processes, accelerator.device, threads, why, args.mixed_precision)
     set_seed(args.seed)
+
+
+def per_device_share(global_batch_size: int, processes: int) -> int:
+    """Each process's share of a fixed contrastive batch (the gathered loss contrasts all of them)."""
+    share, remainder = divmod(global_batch_size, processes)
+    if remainder or share < 2:
+        raise ValueError(f"--global_batch_size {global_batch_size} does not split into {processes} equal batches of at "
+                         f"least 2 pairs: choose a multiple of {processes} (>= {2 * processes})")
+    return share
 
 
 def build_run(accelerator, model_args, data_args, args, output_dir: Path, text_tower) -> tuple[TrainingRun, dict]:

@@ -323,7 +323,14 @@ class PretrainingArguments:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "replace an existing run's folder"})
     resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
     seed: int = 42
-    per_device_batch_size: int = 64
+    per_device_batch_size: int = field(
+        default=64, metadata={"help": "pairs per process and step; the contrastive batch is this times the processes"})
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "the contrastive batch in pairs, whatever the number of processes: each process then takes "
+                  "global_batch_size / processes (refused when that does not divide), instead of "
+                  "--per_device_batch_size"},
+    )
     learning_rate: float = 5e-4
     weight_decay: float = 1e-6
     optimizer: str = field(default="adam", metadata={"help": "adam (the paper) or adamw"})
@@ -357,6 +364,10 @@ class PretrainingArguments:
         positive("per_device_batch_size", self.per_device_batch_size)
         if self.per_device_batch_size < 2:
             raise ValueError("--per_device_batch_size must be >= 2: a contrastive batch needs negatives")
+        if self.global_batch_size is not None:
+            positive("global_batch_size", self.global_batch_size)
+            if self.global_batch_size < 2:
+                raise ValueError("--global_batch_size must be >= 2: a contrastive batch needs negatives")
         positive("learning_rate", self.learning_rate)
         positive("weight_decay", self.weight_decay, allow_zero=True)
         positive("max_steps", self.max_steps)

@@ -49,7 +49,7 @@ def save_best_model(accelerator, model, output_dir: Path) -> None:
 
 
 def export_final_model(accelerator, model, processor, retrieval, state, model_args, data_args, args,
-                       output_dir: Path, started: float, text_record: dict | None = None) -> dict:
+                       output_dir: Path, started: float, records: dict | None = None) -> dict:
     """Writes the best weights, processor, code, args, metrics and model card into output_dir."""
     best_dir = output_dir / "best_model"
     final_model = ConvirtModel.from_pretrained(best_dir, dtype=torch.float32) if best_dir.is_dir() else (
@@ -82,7 +82,7 @@ def export_final_model(accelerator, model, processor, retrieval, state, model_ar
             processor.save_pretrained(output_dir)
             arguments = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
                          "training": {k: v for k, v in dataclasses.asdict(args).items()},
-                         "text_tower": text_record}
+                         **(records or {})}
             (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2))
             (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
             write_model_card(output_dir, final_model.config, arguments, metrics)

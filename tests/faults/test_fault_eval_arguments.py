@@ -135,6 +135,11 @@ CASES = {
         case("fractions", message="--fractions needs at least one", preset={"fractions": []}),
         case("seeds", "--seeds", "0", "-1", message="--seeds must be >= 0, got -1"),
         case("seeds", message="--seeds needs at least one seed", preset={"seeds": []}),
+        case("pretrain_seeds", "--pretrain_seeds", "-1", message="--pretrain_seeds must be >= 0"),
+        case("pretrain_seeds", "--pretrain_seeds", "42", "42", message="--pretrain_seeds lists a seed twice"),
+        case("pretrain_seeds", message="--pretrain_seeds needs at least one seed", preset={"pretrain_seeds": []}),
+        case("pretrain_overrides", "--pretrain_overrides", "--seed 3",
+             message="--pretrain_overrides must not set --seed"),
         case("architecture", "--architecture", "no_such_net", message="--architecture 'no_such_net' is not a timm"),
         case("image_size", "--image_size", "0", message="--image_size must be > 0"),
         case("eval_mode", "--eval_mode", "stretch", message="--eval_mode must be one of"),
@@ -171,6 +176,11 @@ CASES = {
         case("fraction", "--fraction", NAN, message="--fraction must be in (0, 1]"),
         case("seeds", "--seeds", "-3", message="--seeds must be >= 0, got -3"),
         case("seeds", message="--seeds needs at least one seed", preset={"seeds": []}),
+        case("pretrain_seeds", "--pretrain_seeds", "-1", message="--pretrain_seeds must be >= 0"),
+        case("pretrain_seeds", "--pretrain_seeds", "42", "42", message="--pretrain_seeds lists a seed twice"),
+        case("pretrain_seeds", message="--pretrain_seeds needs at least one seed", preset={"pretrain_seeds": []}),
+        case("pretrain_overrides", "--pretrain_overrides", "--seed 3",
+             message="--pretrain_overrides must not set --seed"),
         case("architecture", "--architecture", "no_such_net", message="--architecture 'no_such_net' is not a timm"),
         case("image_size", "--image_size", "-32", message="--image_size must be > 0"),
         case("augmentation", "--augmentation", "heavy", message="--augmentation must be none or one of"),
@@ -201,8 +211,15 @@ CASES = {
     ],
     "retrieval": [
         case("models", message="--models needs at least one", preset={"models": []}),
-        case("models", "--models", "{missing}", message="--models {missing}: no such folder"),
-        case("models", "--models", "{convirt}", "{empty}", message="--models {empty} is not a ConVIRT model folder"),
+        case("models", "--models", "{missing}/model.safetensors", message="--models: image encoder"),
+        case("models", "--models", "{convirt}", "{empty}", message="--models: {empty} is neither a ConVIRT model "
+             "folder nor a timm model folder"),
+        case("models", "--models", "random:no_such_net", message="--models: random:no_such_net"),
+        case("features", "--features", "pooled", message="--features must be one of"),
+        case("features", "--models", "{convirt}", "random:resnet18", "--features", "projection",
+             message="--features projection: random:resnet18 is a random encoder without a projection head"),
+        case("architecture", "--architecture", "no_such_net", message="--architecture 'no_such_net' is not a timm"),
+        case("image_size", "--image_size", "0", message="--image_size must be > 0"),
         case("retrieval_set", "--retrieval_set", "{missing}", message="--retrieval_set {missing}: no such folder"),
         case("retrieval_set", "--retrieval_set", "{dataset}",
              message="--retrieval_set {dataset} is not a retrieval set"),
@@ -282,6 +299,9 @@ CASES = {
         case("pretrained", "--pretrained", "{empty}", message="--pretrained {empty} is not a finished pretraining run"),
         case("pretrained", "--pretrained", "{finished_not_convirt}",
              message="--pretrained {finished_not_convirt} is not a ConVIRT model folder"),
+        case("pretrained", "--pretrained", "{finished_other}",
+             message="--pretrained {finished_other} was not trained as the tables' main run (preset demo, tau 0.1, "
+                     "seed 42): "),
         case("taus", "--taus", "0.01", "1", message="--taus must include 0.1"),
         case("taus", "--taus", "0.1", "0", message="--taus must be > 0"),
         case("taus", "--taus", "0.1", NAN, message="--taus must be > 0 (a finite number)"),
@@ -301,6 +321,11 @@ CASES = {
         case("fractions", message="--fractions needs at least one", preset={"fractions": []}),
         case("seeds", "--seeds", "-1", message="--seeds must be >= 0"),
         case("seeds", message="--seeds needs at least one seed", preset={"seeds": []}),
+        case("pretrain_seeds", "--pretrain_seeds", "-1", message="--pretrain_seeds must be >= 0"),
+        case("pretrain_seeds", "--pretrain_seeds", "42", "42", message="--pretrain_seeds lists a seed twice"),
+        case("pretrain_seeds", message="--pretrain_seeds needs at least one seed", preset={"pretrain_seeds": []}),
+        case("pretrain_overrides", "--pretrain_overrides", "--seed 3",
+             message="--pretrain_overrides must not set --seed"),
         case("pretrain_overrides", "--pretrain_overrides", "--projection linear",
              message="--pretrain_overrides must not set --projection"),
         case("ablation_task", "--ablation_task", "multiclass:one", message="--ablation_task: task"),
@@ -426,6 +451,10 @@ def build_workspace(root: Path) -> dict[str, str]:
     paths["prompts"] = write_json(root / "prompts.json", TEXT_QUERIES)
     paths["empty_queries"] = write_json(root / "empty-queries.json", {"edema": []})
     paths["finished_not_convirt"] = write_json(root / "finished" / "metrics.json", {"retrieval": {}}).parent
+    # a finished ConVIRT run trained with other settings than the tables' main run (a 5-step run)
+    paths["finished_other"] = write_json(root / "finished-other" / "metrics.json", {"steps": 5}).parent
+    write_json(paths["finished_other"] / "config.json", {"model_type": "convirt", "projection": "mlp"})
+    write_json(paths["finished_other"] / "training_args.json", {"signature": {"max_steps": 5}})
 
     # What training/pretrain.py writes and the Hub build checks: real safetensors, the rest as small as it can be.
     trained = root / "runs" / "model"  # named like a build's model/ folder, for the case that would replace it
@@ -477,7 +506,7 @@ def tripwires(monkeypatch):
         (convirt_hf.data.synthetic, "generate_synthetic_corpus"),
         (convirt_hf.evaluation.corpora, "corpus_folder"), (linear_probe, "corpus_folder"), (finetune, "corpus_folder"),
         (reproduce, "corpus_folder"), (linear_probe, "load_image_encoder"), (finetune, "load_image_encoder"),
-        (reproduce, "load_image_encoder"), (finetune, "Accelerator"), (reproduce, "pretrained_folder"),
+        (reproduce, "load_image_encoder"), (finetune, "Accelerator"), (reproduce, "pretrained_folders"),
         (convirt_hf.evaluation.chexpert, "build_chexpert_retrieval_set"),
         (convirt_hf.evaluation.zero_shot, "load_retrieval_set"), (push, "publish"),
         (convirt_hf.data.sources, "build_dataset"), (preprocess, "resize_dataset"),

@@ -115,6 +115,8 @@ CASES = [
     ("per_device_batch_size", ["--per_device_batch_size", "1"], r"--per_device_batch_size must be >= 2"),
     ("per_device_batch_size", ["--per_device_batch_size", "eight"],
      ARGPARSE.format("per_device_batch_size") + "invalid int value"),
+    ("global_batch_size", ["--global_batch_size", "0"], r"--global_batch_size must be > 0"),
+    ("global_batch_size", ["--global_batch_size", "1"], r"--global_batch_size must be >= 2"),
     ("learning_rate", ["--learning_rate", "-1"], r"--learning_rate must be > 0"),
     ("learning_rate", ["--learning_rate", "inf"], r"--learning_rate must be > 0 \(a finite number\)"),
     ("weight_decay", ["--weight_decay", "-0.001"], r"--weight_decay must be >= 0"),
