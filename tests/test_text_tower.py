@@ -169,19 +169,16 @@ def test_max_pooling_collapses_minilm_and_the_measurement_says_so(minilm_folder)
     assert min(spread, key=spread.get) == "mean"
 
 
-def test_the_default_run_starts_from_the_packaged_tower_and_records_its_origin(tmp_path):
+def test_the_default_run_starts_from_the_packaged_tower_and_records_its_origin(tiny_corpus, tmp_path):
     """A run with the default text tower (a tiny image tower and corpus): the record, the card and the reuse of the
     frozen tower's sentence features."""
     import json
 
     from helpers import tiny_args
 
-    from convirt_hf.data.synthetic import SyntheticCorpusConfig, generate_synthetic_corpus
     from convirt_hf.training import pretrain
 
-    corpus = generate_synthetic_corpus(tmp_path / "corpus", SyntheticCorpusConfig(
-        seed=0, image_size=48, num_pretrain=32, num_validation=16, num_cls_train=0, num_cls_val=0, num_cls_test=0,
-        retrieval_candidates_per_category=2, retrieval_queries_per_category=1))
+    corpus = tiny_corpus
     arguments = tiny_args(corpus, tmp_path / "run", max_steps=4, eval_steps=4, save_steps=4)
     for scratch_flag in ("--text_tower", "--text_layers", "--text_hidden_size", "--text_vocab_size"):
         index = arguments.index(scratch_flag)
