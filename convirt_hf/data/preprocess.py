@@ -34,19 +34,18 @@ from typing import Any
 
 from .images import DEFAULT_MAX_PIXELS, ImageProblem, encode_png, load_image, resize_long_side
 from .records import RECORD_COLUMNS
-from .skips import DEFAULT_MAX_LOGGED_PER_REASON, BadInputError
+from .skips import DEFAULT_MAX_LOGGED_PER_REASON, BadInputError, RowRepairs
 from .sources import (
     DEFAULT_WRITER_BATCH_SIZE,
-    KIND_OPTIONS,
-    KINDS,
     PairLedger,
-    ShardProgress,
-    datasets_progress_bars,
     build_dataset,
+    datasets_progress_bars,
     detect_kind,
     load_pairs,
     looks_like_local_path,
-    write_ledger_file,
+    run_shards,
+    source_kind,
+    source_kinds,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,46 +55,28 @@ SKIPPED_ROWS_FILE = "skipped_rows.jsonl"
 REPAIRED_ROWS_FILE = "repaired_rows.jsonl"
 
 
-class _Repairs:
-    def __init__(self):
-        self.items: list[tuple[str, str]] = []
-
-    def repair(self, row_id: str, reason: str, detail: str = "") -> None:
-        self.items.append((reason, detail))
-
-
 def _resize_rows(shards: list[int], dataset, num_shards: int, size: int, max_pixels: int, strict: bool,
                  ledger_dir: str, ledger_name: str) -> Iterator[dict]:
     """Decodes, checks, resizes and re-encodes the rows of `dataset` (the generator behind `from_generator`)."""
-    for shard in shards:
-        ledger = PairLedger(source=ledger_name, strict=strict, log=False)  # the caller logs the rows on merging
-        progress = ShardProgress(ledger_dir, f"resize-{shard:05d}")
-        part = dataset if num_shards <= 1 else dataset.shard(num_shards, shard, contiguous=True)
-        kept, error = 0, None
-        try:
-            for row in part:
-                progress.advance()
-                repairs = _Repairs()
-                try:
-                    # draft_size: a JPEG may be decoded at a reduced scale that is still >= size on both sides.
-                    image = load_image(row["image"], max_pixels=max_pixels, row_id=row["id"], ledger=repairs,
-                                       draft_size=size)
-                except ImageProblem as problem:
-                    try:
-                        ledger.skip(row["id"], problem.reason, problem.detail)
-                    except BadInputError as raised:
-                        error = raised
-                        raise
-                    continue
-                for reason, detail in repairs.items:
-                    ledger.repair(row["id"], reason, detail)
-                record = {column: row[column] for column in RECORD_COLUMNS}
-                record["image"] = {"bytes": encode_png(resize_long_side(image, size)), "path": None}
-                kept += 1
-                yield record
-        finally:
-            progress.close()
-            write_ledger_file(ledger, ledger_dir, f"resize-{shard:05d}", kept, error)
+    yield from run_shards(
+        shards, "resize", ledger_dir, ledger_name, strict,
+        rows=lambda shard, ledger: dataset if num_shards <= 1 else dataset.shard(num_shards, shard, contiguous=True),
+        finish=lambda row, ledger: _resize_row(row, ledger, size, max_pixels),
+    )
+
+
+def _resize_row(row: dict, ledger: PairLedger, size: int, max_pixels: int) -> dict | None:
+    repairs = RowRepairs()
+    try:
+        # draft_size: a JPEG may be decoded at a reduced scale that is still >= size on both sides.
+        image = load_image(row["image"], max_pixels=max_pixels, row_id=row["id"], ledger=repairs, draft_size=size)
+    except ImageProblem as problem:
+        ledger.skip(row["id"], problem.reason, problem.detail)
+        return None
+    repairs.commit(ledger, row["id"])
+    record = {column: row[column] for column in RECORD_COLUMNS}
+    record["image"] = {"bytes": encode_png(resize_long_side(image, size)), "path": None}
+    return record
 
 
 def resize_dataset(
@@ -220,7 +201,7 @@ def preprocess_corpus(
         FileExistsError: `output_dir` exists and `overwrite` is False.
         BadInputError: in strict mode, the first bad row (nothing is written), whatever `num_proc` is.
     """
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
 
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
@@ -231,98 +212,132 @@ def preprocess_corpus(
     max_pixels = int(load_pairs_kwargs.get("max_pixels", DEFAULT_MAX_PIXELS))
     load_pairs_kwargs.pop("check_images", None)
     started = time.perf_counter()
-
-    parent = output_dir.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    work = parent / f".{output_dir.name}.incomplete-{token}"
-    cache = parent / f".{output_dir.name}.cache-{token}"
-    stale = sorted(parent.glob(f".{output_dir.name}.incomplete-*")) + sorted(parent.glob(f".{output_dir.name}.cache-*"))
-    if stale:
-        logger.warning("leftovers of an interrupted run (safe to delete): %s", ", ".join(map(str, stale)))
-    kind = None
+    work, cache, backup = _staging_paths(output_dir)
     try:
         with datasets_progress_bars(progress):
-            # 1. the inputs, one per output split
-            if isinstance(dataset_or_source, (Dataset, DatasetDict)):
-                unexpected = set(load_pairs_kwargs) - {"strict", "max_pixels"}
-                if unexpected:
-                    raise TypeError(f"options {sorted(unexpected)} apply to a source path, not to a Dataset")
-                is_dict = isinstance(dataset_or_source, DatasetDict)
-                inputs = dict(dataset_or_source) if is_dict else {None: dataset_or_source}
-                ledger = PairLedger(source="preprocess", strict=strict, max_logged_per_reason=max_logged_per_reason)
-            else:
-                splits = split_mapping(load_pairs_kwargs.pop("split", None))
-                inputs, ledger = {}, None
-                for name, source_split in splits.items():
-                    dataset, split_ledger = load_pairs(dataset_or_source, split=source_split, check_images=False,
-                                                       num_proc=num_proc, cache_dir=cache,
-                                                       writer_batch_size=writer_batch_size, progress=progress,
-                                                       max_logged_per_reason=max_logged_per_reason,
-                                                       **load_pairs_kwargs)
-                    if ledger is None:
-                        ledger = PairLedger(source=split_ledger.source, strict=strict,
-                                            max_logged_per_reason=max_logged_per_reason)
-                    ledger.merge(split_ledger)
-                    inputs[name] = dataset
-                kind = load_pairs_kwargs.get("kind", "auto")
-
-            # 2. decode, check, resize, encode
-            outputs = {}
-            for name, dataset in inputs.items():
-                label = f"resizing {name!r} to {size} px" if name else f"resizing to {size} px"
-                outputs[name], _ = resize_dataset(dataset, size=size, max_pixels=max_pixels, strict=strict,
-                                                  ledger=ledger, num_proc=num_proc, cache_dir=cache,
-                                                  writer_batch_size=writer_batch_size, progress=progress,
-                                                  description=label)
-
-            # 3. write everything under a temporary name
+            inputs, ledger, kind = _read_inputs(
+                dataset_or_source, load_pairs_kwargs, strict=strict, num_proc=num_proc, cache=cache,
+                writer_batch_size=writer_batch_size, progress=progress, max_logged_per_reason=max_logged_per_reason)
+            outputs = _resize_inputs(inputs, ledger, size=size, max_pixels=max_pixels, strict=strict,
+                                     num_proc=num_proc, cache=cache, writer_batch_size=writer_batch_size,
+                                     progress=progress)
+            # written under a temporary name: an interrupted run leaves nothing that looks finished
             result = outputs[None] if list(outputs) == [None] else DatasetDict(outputs)
             result.save_to_disk(str(work), max_shard_size=max_shard_size)
-        ledger.write_rows(work / SKIPPED_ROWS_FILE, "skipped")
-        ledger.write_rows(work / REPAIRED_ROWS_FILE, "repaired")
-        rows = {str(name or "all"): len(dataset) for name, dataset in outputs.items()}
-        summary = {
-            "source": _describe_source(dataset_or_source),
-            "kind": kind,
-            "size": size,
-            "splits": [name for name in outputs if name is not None],
-            "rows": rows,
-            "kept": sum(rows.values()),
-            "skipped": dict(ledger.skipped),
-            "repaired": dict(ledger.repaired),
-            "filtered": dict(ledger.filtered),
-            "skipped_rows_file": SKIPPED_ROWS_FILE,  # every skipped id, with its reason and detail
-            "repaired_rows_file": REPAIRED_ROWS_FILE,
-            "summary": ledger.summary(kept=sum(rows.values())),
-            "options": {key: (list(value) if isinstance(value, tuple) else value)
-                        for key, value in load_pairs_kwargs.items()
-                        if isinstance(value, (str, int, float, bool, tuple, list, type(None)))},
-            "seconds": round(time.perf_counter() - started, 1),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
-
-        # 4. publish: rename into place (the old output, with overwrite, goes only once the new one is complete)
-        backup = None
-        if output_dir.exists():
-            backup = parent / f".{output_dir.name}.replaced-{token}"
-            os.replace(output_dir, backup)
-        os.replace(work, output_dir)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+        summary = _write_summary(work, ledger, outputs, source=_describe_source(dataset_or_source), kind=kind,
+                                 size=size, options=load_pairs_kwargs, started=started)
+        _publish(work, output_dir, backup)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+    _log_outcome(ledger, summary, output_dir)
+    return output_dir
+
+
+def _staging_paths(output_dir: Path) -> tuple[Path, Path, Path]:
+    """
+    Beside `output_dir`, under names of this run: the output being written, the Arrow cache, and where an output it
+    replaces waits until the new one is in place. Leftovers of an interrupted run are named, never deleted.
+    """
+    parent = output_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    stale = sorted(parent.glob(f".{output_dir.name}.incomplete-*")) + sorted(parent.glob(f".{output_dir.name}.cache-*"))
+    if stale:
+        logger.warning("leftovers of an interrupted run (safe to delete): %s", ", ".join(map(str, stale)))
+    return (parent / f".{output_dir.name}.incomplete-{token}", parent / f".{output_dir.name}.cache-{token}",
+            parent / f".{output_dir.name}.replaced-{token}")
+
+
+def _read_inputs(dataset_or_source: Any, load_pairs_kwargs: dict, *, strict: bool, num_proc: int | None, cache: Path,
+                 writer_batch_size: int, progress: bool, max_logged_per_reason: int | None):
+    """
+    The inputs, one per output split, the ledger of reading them and the source's kind (None for a `Dataset`).
+    ``split`` is taken out of `load_pairs_kwargs`: the rest are the options the summary lists.
+    """
+    from datasets import Dataset, DatasetDict
+
+    if isinstance(dataset_or_source, (Dataset, DatasetDict)):
+        unexpected = set(load_pairs_kwargs) - {"strict", "max_pixels"}
+        if unexpected:
+            raise TypeError(f"options {sorted(unexpected)} apply to a source path, not to a Dataset")
+        is_dict = isinstance(dataset_or_source, DatasetDict)
+        inputs = dict(dataset_or_source) if is_dict else {None: dataset_or_source}
+        return inputs, PairLedger(source="preprocess", strict=strict, max_logged_per_reason=max_logged_per_reason), None
+    splits = split_mapping(load_pairs_kwargs.pop("split", None))
+    inputs, ledger = {}, None
+    for name, source_split in splits.items():
+        dataset, split_ledger = load_pairs(dataset_or_source, split=source_split, check_images=False,
+                                           num_proc=num_proc, cache_dir=cache, writer_batch_size=writer_batch_size,
+                                           progress=progress, max_logged_per_reason=max_logged_per_reason,
+                                           **load_pairs_kwargs)
+        if ledger is None:
+            ledger = PairLedger(source=split_ledger.source, strict=strict, max_logged_per_reason=max_logged_per_reason)
+        ledger.merge(split_ledger)
+        inputs[name] = dataset
+    return inputs, ledger, load_pairs_kwargs.get("kind", "auto")
+
+
+def _resize_inputs(inputs: dict, ledger: PairLedger, *, size: int, max_pixels: int, strict: bool,
+                   num_proc: int | None, cache: Path, writer_batch_size: int, progress: bool) -> dict:
+    """Each input decoded, checked, resized and re-encoded (:func:`resize_dataset`), by output split."""
+    outputs = {}
+    for name, dataset in inputs.items():
+        label = f"resizing {name!r} to {size} px" if name else f"resizing to {size} px"
+        outputs[name], _ = resize_dataset(dataset, size=size, max_pixels=max_pixels, strict=strict, ledger=ledger,
+                                          num_proc=num_proc, cache_dir=cache, writer_batch_size=writer_batch_size,
+                                          progress=progress, description=label)
+    return outputs
+
+
+def _write_summary(work: Path, ledger: PairLedger, outputs: dict, *, source: str, kind: str | None, size: int,
+                   options: dict, started: float) -> dict:
+    """Writes the skipped and repaired rows and ``preprocess_summary.json`` into `work`; returns the summary."""
+    ledger.write_rows(work / SKIPPED_ROWS_FILE, "skipped")
+    ledger.write_rows(work / REPAIRED_ROWS_FILE, "repaired")
+    rows = {str(name or "all"): len(dataset) for name, dataset in outputs.items()}
+    summary = {
+        "source": source,
+        "kind": kind,
+        "size": size,
+        "splits": [name for name in outputs if name is not None],
+        "rows": rows,
+        "kept": sum(rows.values()),
+        "skipped": dict(ledger.skipped),
+        "repaired": dict(ledger.repaired),
+        "filtered": dict(ledger.filtered),
+        "skipped_rows_file": SKIPPED_ROWS_FILE,  # every skipped id, with its reason and detail
+        "repaired_rows_file": REPAIRED_ROWS_FILE,
+        "summary": ledger.summary(kept=sum(rows.values())),
+        "options": {key: (list(value) if isinstance(value, tuple) else value)
+                    for key, value in options.items()
+                    if isinstance(value, (str, int, float, bool, tuple, list, type(None)))},
+        "seconds": round(time.perf_counter() - started, 1),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _publish(work: Path, output_dir: Path, backup: Path) -> None:
+    """Renames `work` into place; an output it replaces (with overwrite) goes only once the new one is complete."""
+    replaced = output_dir.exists()
+    if replaced:
+        os.replace(output_dir, backup)
+    os.replace(work, output_dir)
+    if replaced:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _log_outcome(ledger: PairLedger, summary: dict, output_dir: Path) -> None:
     (logger.warning if ledger.total_skipped else logger.info)(summary["summary"])
     if ledger.total_skipped or ledger.total_repaired:
         (logger.warning if ledger.total_skipped else logger.info)(
             "every skipped row is listed in %s and every repaired row in %s (id, reason, detail)",
             output_dir / SKIPPED_ROWS_FILE, output_dir / REPAIRED_ROWS_FILE)
     logger.info("preprocessed corpus written to %s in %.1f s", output_dir, summary["seconds"])
-    return output_dir
 
 
 def _log_cap(text: str) -> int | None:
@@ -338,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                     f"{SKIPPED_ROWS_FILE} / {REPAIRED_ROWS_FILE} in the output.",
     )
     parser.add_argument("--source", required=True, help="manifest, folder or Hub dataset id")
-    parser.add_argument("--kind", default="auto", choices=("auto",) + KINDS)
+    parser.add_argument("--kind", default="auto", choices=("auto",) + source_kinds())
     parser.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--size", type=int, default=256, help="long side of the stored images (default 256)")
     parser.add_argument("--split", nargs="+", action="append", default=None,
@@ -382,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The options of the built-in corpora and Hub datasets (see KIND_OPTIONS), by command-line flag.
+# The options of the built-in corpora and Hub datasets (see `register_source`), by command-line flag.
 KIND_OPTION_FLAGS = {"config_name": "--config-name", "revision": "--revision", "data_dir": "--data-dir",
                      "reports_root": "--reports-root", "image_root": "--image-root", "labels": "--labels",
                      "labels_file": "--labels-file", "uncertain": "--uncertain"}
@@ -403,7 +418,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     """
     from datasets.utils.py_utils import convert_file_size_to_int
 
-    from .mimic_cxr import LABEL_TABLES
+    from .sources.mimic_cxr import LABEL_TABLES
 
     _positive("--size", args.size)
     _positive("--max-pixels", args.max_pixels)
@@ -449,8 +464,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         except (ValueError, FileNotFoundError) as error:
             raise type(error)(f"--source: {error}") from error
     for name, flag in KIND_OPTION_FLAGS.items():
-        if getattr(args, name) is not None and name not in KIND_OPTIONS[kind]:
-            accepting = [other for other, options in KIND_OPTIONS.items() if name in options]
+        if getattr(args, name) is not None and name not in source_kind(kind).options:
+            accepting = [other for other in source_kinds() if name in source_kind(other).options]
             raise ValueError(f"{flag} only applies to --kind {' or '.join(accepting)} (this source is {kind!r})")
     for name, (flag, what) in LOCAL_PATH_OPTIONS.items():
         value = getattr(args, name)

@@ -466,7 +466,7 @@ def workspace(tmp_path, monkeypatch) -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def tripwires(monkeypatch):
     """The first step of each script's work raises WorkStarted (patched where the scripts look each one up)."""
-    import convirt_hf.data.sources
+    import convirt_hf.data.sources.pipeline
     import convirt_hf.data.synthetic
     import convirt_hf.evaluation.chexpert
     import convirt_hf.evaluation.corpora
@@ -480,7 +480,7 @@ def tripwires(monkeypatch):
         (reproduce, "load_image_encoder"), (finetune, "Accelerator"), (reproduce, "pretrained_folder"),
         (convirt_hf.evaluation.chexpert, "build_chexpert_retrieval_set"),
         (convirt_hf.evaluation.zero_shot, "load_retrieval_set"), (push, "publish"),
-        (convirt_hf.data.sources, "build_dataset"), (preprocess, "resize_dataset"),
+        (convirt_hf.data.sources.pipeline, "build_dataset"), (preprocess, "resize_dataset"),
     ]
     for owner, name in steps:
         def started(*args, _step=f"{owner.__name__}.{name}", **kwargs):
