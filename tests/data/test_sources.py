@@ -123,7 +123,8 @@ def test_every_bad_input_is_skipped_and_counted_exactly(tmp_path):
     assert {reason: ids for reason, ids in ledger.skipped_ids.items()} == expected["skipped"]
     assert ledger.skipped == Counter({reason: len(ids) for reason, ids in expected["skipped"].items()})
     assert ledger.repaired == Counter(expected["repaired"])
-    assert ledger.summary(kept=len(dataset)).startswith("[manifest:pairs.csv] kept 6 rows; skipped 9 (")
+    assert ledger.summary(kept=len(dataset)).startswith(
+        "[manifest:pairs.csv] read 15 reports with 15 images; kept 6 images; skipped 9 images (")
 
     rows = {row["id"]: row for row in dataset}
     assert rows["good"]["text"] == "The heart is enlarged. There is a small left pleural effusion. Cardiomegaly."
@@ -615,10 +616,11 @@ def test_each_skip_is_logged_with_its_id_and_a_summary_line_ends_the_load(tmp_pa
         for row_id in ids:
             assert sum(f"skipped {row_id}: {reason}" in m for m in messages) == 1, (row_id, reason)
     assert sum("repaired deep: 16bit_to_8bit" in m for m in messages) == 1
-    summary = [m for m in messages if m.startswith("[manifest:pairs.csv] kept 6 rows; skipped 9")]
-    assert len(summary) == 1 and "repaired 4 (" in summary[0] and "report_cp1252=1" in summary[0]
+    summary = [m for m in messages if m.startswith(
+        "[manifest:pairs.csv] read 15 reports with 15 images; kept 6 images (6 reports); skipped 9 images")]
+    assert len(summary) == 1 and "repaired 4 images (" in summary[0] and "report_cp1252=1" in summary[0]
     assert messages.index(summary[0]) > max(i for i, m in enumerate(messages) if "skipped " in m and ": " in m
-                                            and not m.startswith("[manifest:pairs.csv] kept"))
+                                            and not m.startswith("[manifest:pairs.csv] read"))
     assert any("rows/s" in m for m in messages)  # the progress line: count and rate
 
 

@@ -37,7 +37,7 @@ A new kind is a module that registers its builder with :func:`register_source` (
 from __future__ import annotations
 
 from ..skips import RowRepairs
-from .base import Candidate, PairLedger, PairOptions, PairSource, ReportProblem, in_shard
+from .base import REPORT_REASONS, Candidate, PairLedger, PairOptions, PairSource, ReportProblem, in_shard
 from .checks import finish_candidate, report_problem
 from .labels import (
     binary_value,
@@ -93,6 +93,7 @@ __all__ = [
     "KIND_OPTIONS",
     "MANIFEST_SUFFIXES",
     "REPORT_MODES",
+    "REPORT_REASONS",
     "Candidate",
     "ChexpertPlusSource",
     "ColumnMap",

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from ..images import ImageProblem, encode_png, load_image
-from ..records import make_record
+from ..records import make_record, report_key
 from ..reports import count_tokens, extract_sections, prepare_report, report_text
 from ..skips import RowRepairs
 from .base import Candidate, PairLedger, PairOptions, ReportProblem
@@ -86,15 +86,15 @@ def _storable_path(path: str, repairs: RowRepairs) -> tuple[Any, tuple[str, str]
     return {"bytes": data, "path": None}, None
 
 
-def _prepared_report(candidate: Candidate, options: PairOptions, ledger: PairLedger,
-                     repairs: RowRepairs) -> tuple[str, list[str]] | None:
-    """The candidate's ``(text, sentences)``, or None once the row is counted as skipped."""
+def _prepared_report(candidate: Candidate, options: PairOptions, ledger: PairLedger, repairs: RowRepairs,
+                     key: str) -> tuple[str, list[str]] | None:
+    """The candidate's ``(text, sentences)``, or None once the row is counted as skipped (`key`: its report's)."""
     report = candidate.report
     if callable(report):
         try:
             report = report()
         except ReportProblem as problem:
-            ledger.skip(candidate.id, problem.reason, problem.detail)
+            ledger.skip(candidate.id, problem.reason, problem.detail, report=key)
             return None
     report, repaired = fix_text(report)
     if repaired:
@@ -104,7 +104,7 @@ def _prepared_report(candidate: Candidate, options: PairOptions, ledger: PairLed
         text, sentences = prepare_report(report, mode=options.report_mode, min_tokens=options.min_tokens)
     if not text and options.require_text:
         reason = "missing_report" if report is None else report_problem(report, options.report_mode, options.min_tokens)
-        ledger.skip(candidate.id, reason)
+        ledger.skip(candidate.id, reason, report=key)
         return None
     return text, sentences
 
@@ -158,10 +158,13 @@ def finish_candidate(candidate: Candidate, options: PairOptions, ledger: PairLed
     if options.views is not None and (candidate.view or "").upper() not in options.views:
         ledger.filter("view")
         return None
+    # counted once it passes the filters asked for: "read" is what the checks below decide about
+    key = report_key(candidate.study_id, row_id)
+    ledger.read(key if options.require_text else None, images=candidate.images)
     if candidate.problem:
-        ledger.skip(row_id, *candidate.problem)
+        ledger.skip(row_id, *candidate.problem, report=key, images=candidate.images)
         return None
-    report = _prepared_report(candidate, options, ledger, repairs)
+    report = _prepared_report(candidate, options, ledger, repairs, key)
     if report is None:
         return None
     image = _checked_image(candidate.image, row_id, options, ledger, repairs)

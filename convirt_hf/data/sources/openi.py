@@ -16,9 +16,10 @@ One record per image: ``id`` = the parentImage id, ``patient_id`` = ``study_id``
 has one report per patient study and no other patient key); ``view`` is ``None`` (the XML gives no per-image view).
 With ``mesh_labels=True`` the MeSH major headings become labels: the heading before the first ``/`` qualifier,
 lower-cased (``"Cardiomegaly/mild"`` -> ``"cardiomegaly"``), ``"normal"`` -> ``"no finding"``, ``"No Indexing"``
-dropped. A report that lists no image yields no row (counted as filtered ``report_without_image``); an XML file that
-cannot be parsed is skipped as ``unreadable_report``; one whose bytes are not UTF-8 is repaired (its invalid bytes read
-as cp1252) and counted.
+dropped. A report that lists no image yields no row (counted as a report without images, ``report_without_image``: not
+a filter, since nobody asked for it); an XML file that cannot be parsed is skipped as ``unreadable_report`` (a report
+whose images are unknown, so 0 images); one whose bytes are not UTF-8 is repaired (its invalid bytes read as cp1252)
+and counted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..records import report_key
 from .base import Candidate, PairLedger, PairSource, in_shard
 from .registry import register_source
 from .text import decode_bytes
@@ -129,7 +131,7 @@ class OpenISource(PairSource):
             try:
                 root, repaired = parse_report_xml(path.read_bytes())
             except (ET.ParseError, OSError) as error:
-                yield Candidate(id=f"{self.name}-{path.stem}", image=None,
+                yield Candidate(id=f"{self.name}-{path.stem}", image=None, images=0,
                                 problem=("unreadable_report", f"{path}: {error}"))
                 continue
             uid = root.find("uId")
@@ -138,7 +140,7 @@ class OpenISource(PairSource):
             labels = mesh_labels(root) if self.mesh_labels else []
             images = [element.get("id") for element in root.iter("parentImage") if element.get("id")]
             if not images:
-                ledger.filter("report_without_image")
+                ledger.without_images(report_key(report_id, report_id))
                 continue
             repairs = [("report_cp1252", f"{path.name} is not UTF-8; decoded as cp1252")] if repaired else []
             for image_id in images:
@@ -163,7 +165,8 @@ def _is_openi(path: Path, names: frozenset) -> bool:
 def build_openi(source, *, split: str | None, columns, report_mode: str, **options) -> OpenISource:
     """The Open-i folder; the collection has no official splits, so `split` is refused rather than ignored."""
     if split is not None:
-        raise ValueError("Open-i has no official splits: split= is not supported for kind='openi'")
+        raise ValueError("Open-i has no official splits: split= is not supported for kind='openi'; make "
+                         "patient-level splits with preprocess's holdout= (--holdout validation=0.1 test=0.1)")
     return OpenISource(Path(source).expanduser(), **options)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..images import DEFAULT_MAX_PIXELS
-from ..records import RECORD_COLUMNS
+from ..records import RECORD_COLUMNS, dataset_report_keys
 from ..skips import DEFAULT_MAX_LOGGED_PER_REASON
 from .base import PairLedger, PairOptions, PairSource
 from .checks import finish_candidate
@@ -60,8 +60,9 @@ def build_source(
     return entry.build(source, split=split, columns=columns or ColumnMap(), report_mode=report_mode, **kind_options)
 
 
-def _log_summary(ledger: PairLedger, kept: int) -> None:
-    line = ledger.summary(kept=kept)
+def _log_summary(ledger: PairLedger, dataset) -> None:
+    kept_reports = len(dataset_report_keys(dataset)) if ledger.reports_read else None
+    line = ledger.summary(kept=len(dataset), kept_reports=kept_reports)
     (logger.warning if ledger.total_skipped else logger.info)(line)
 
 
@@ -202,7 +203,7 @@ def load_pairs(
         progress=f"reading {name}" + (f" [{split}]" if split else ""), total=pair_source.count_hint(),
         show_progress=progress,
     )
-    _log_summary(ledger, len(dataset))
+    _log_summary(ledger, dataset)
     return dataset, ledger
 
 
@@ -248,7 +249,9 @@ def _record_dataset_as_is(dataset, views: tuple[str, ...] | None, ledger: PairLe
         dataset = dataset.filter(lambda view: (view or "").upper() in views, input_columns="view",
                                  keep_in_memory=True)  # an in-memory index: never write next to the source files
         ledger.filter("view", before - len(dataset))
-    _log_summary(ledger, len(dataset))
+    ledger.images_read += len(dataset)  # records already: every row left was read, and is kept
+    ledger.reports_read.update(dataset_report_keys(dataset))
+    _log_summary(ledger, dataset)
     return dataset, ledger
 
 
