@@ -9,6 +9,10 @@ and stored as PNG bytes in the shared record shape. A 3000 x 2500 MIMIC-CXR JPG 
         --reports-root /data/mimic-cxr/2.1.0 --split train validation=validate test --views PA AP \\
         --output /data/mimic-256
 
+A source without official splits (Open-i, a manifest without a split column) gets patient-level splits with
+``--holdout validation=0.1 test=0.1 --seed 0`` (:func:`~convirt_hf.data.holdout.patient_holdout`; the held-out
+patient ids are written to ``<split>_patients.txt``).
+
 The result is written under a temporary name next to ``output_dir`` and renamed when complete, so an interrupted
 run leaves nothing that looks finished; an existing ``output_dir`` is never replaced without ``overwrite=True``.
 ``preprocess_summary.json`` in the output records what was kept, skipped, repaired and filtered; ``skipped_rows.jsonl``
@@ -32,21 +36,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .holdout import TRAIN_SPLIT, check_holdout, held_out_patients, parse_holdout, patient_holdout
 from .images import DEFAULT_MAX_PIXELS, ImageProblem, encode_png, load_image, resize_long_side
-from .records import RECORD_COLUMNS
-from .skips import DEFAULT_MAX_LOGGED_PER_REASON, BadInputError
+from .records import RECORD_COLUMNS, dataset_report_keys
+from .skips import DEFAULT_MAX_LOGGED_PER_REASON, BadInputError, RowRepairs
 from .sources import (
     DEFAULT_WRITER_BATCH_SIZE,
-    KIND_OPTIONS,
-    KINDS,
     PairLedger,
-    ShardProgress,
-    datasets_progress_bars,
     build_dataset,
+    datasets_progress_bars,
     detect_kind,
     load_pairs,
     looks_like_local_path,
-    write_ledger_file,
+    run_shards,
+    source_kind,
+    source_kinds,
 )
 
 logger = logging.getLogger(__name__)
@@ -54,48 +58,37 @@ logger = logging.getLogger(__name__)
 SUMMARY_FILE = "preprocess_summary.json"
 SKIPPED_ROWS_FILE = "skipped_rows.jsonl"
 REPAIRED_ROWS_FILE = "repaired_rows.jsonl"
-
-
-class _Repairs:
-    def __init__(self):
-        self.items: list[tuple[str, str]] = []
-
-    def repair(self, row_id: str, reason: str, detail: str = "") -> None:
-        self.items.append((reason, detail))
+PATIENTS_FILE = "{split}_patients.txt"  # the held-out patient ids of a --holdout split, one per line
+# What the counts of the summary count: a row of the output is one image, and a report may have several images.
+SUMMARY_UNITS = {
+    "images": "image rows, one per image file: 'rows', 'kept', 'skipped', 'repaired', 'filtered' and 'images' "
+              "count these",
+    "reports": "reports, one per study (study_id, else the row): 'reports' and 'skipped_reports' count these",
+}
 
 
 def _resize_rows(shards: list[int], dataset, num_shards: int, size: int, max_pixels: int, strict: bool,
                  ledger_dir: str, ledger_name: str) -> Iterator[dict]:
     """Decodes, checks, resizes and re-encodes the rows of `dataset` (the generator behind `from_generator`)."""
-    for shard in shards:
-        ledger = PairLedger(source=ledger_name, strict=strict, log=False)  # the caller logs the rows on merging
-        progress = ShardProgress(ledger_dir, f"resize-{shard:05d}")
-        part = dataset if num_shards <= 1 else dataset.shard(num_shards, shard, contiguous=True)
-        kept, error = 0, None
-        try:
-            for row in part:
-                progress.advance()
-                repairs = _Repairs()
-                try:
-                    # draft_size: a JPEG may be decoded at a reduced scale that is still >= size on both sides.
-                    image = load_image(row["image"], max_pixels=max_pixels, row_id=row["id"], ledger=repairs,
-                                       draft_size=size)
-                except ImageProblem as problem:
-                    try:
-                        ledger.skip(row["id"], problem.reason, problem.detail)
-                    except BadInputError as raised:
-                        error = raised
-                        raise
-                    continue
-                for reason, detail in repairs.items:
-                    ledger.repair(row["id"], reason, detail)
-                record = {column: row[column] for column in RECORD_COLUMNS}
-                record["image"] = {"bytes": encode_png(resize_long_side(image, size)), "path": None}
-                kept += 1
-                yield record
-        finally:
-            progress.close()
-            write_ledger_file(ledger, ledger_dir, f"resize-{shard:05d}", kept, error)
+    yield from run_shards(
+        shards, "resize", ledger_dir, ledger_name, strict,
+        rows=lambda shard, ledger: dataset if num_shards <= 1 else dataset.shard(num_shards, shard, contiguous=True),
+        finish=lambda row, ledger: _resize_row(row, ledger, size, max_pixels),
+    )
+
+
+def _resize_row(row: dict, ledger: PairLedger, size: int, max_pixels: int) -> dict | None:
+    repairs = RowRepairs()
+    try:
+        # draft_size: a JPEG may be decoded at a reduced scale that is still >= size on both sides.
+        image = load_image(row["image"], max_pixels=max_pixels, row_id=row["id"], ledger=repairs, draft_size=size)
+    except ImageProblem as problem:
+        ledger.skip(row["id"], problem.reason, problem.detail)
+        return None
+    repairs.commit(ledger, row["id"])
+    record = {column: row[column] for column in RECORD_COLUMNS}
+    record["image"] = {"bytes": encode_png(resize_long_side(image, size)), "path": None}
+    return record
 
 
 def resize_dataset(
@@ -186,6 +179,8 @@ def preprocess_corpus(
     writer_batch_size: int = DEFAULT_WRITER_BATCH_SIZE,
     progress: bool = True,
     max_logged_per_reason: int | None = DEFAULT_MAX_LOGGED_PER_REASON,
+    holdout: dict[str, float] | None = None,
+    seed: int = 0,
     **load_pairs_kwargs,
 ) -> Path:
     r"""
@@ -208,6 +203,10 @@ def preprocess_corpus(
             stderr. False shows none; the INFO log lines with counts and rates remain.
         max_logged_per_reason: skipped and repaired rows logged per reason before the rest are only recorded;
             ``None`` logs all. Every one of them is in ``skipped_rows.jsonl`` / ``repaired_rows.jsonl``.
+        holdout, seed: patient-level splits of the kept rows, ``{name: fraction of the rows}`` (e.g.
+            ``{"validation": 0.1}``; the rest is ``train``), assigned by
+            :func:`~convirt_hf.data.holdout.patient_holdout` for `seed`; ``<name>_patients.txt`` lists each one's
+            patient ids. Not with `split` (official splits) nor a `DatasetDict` input.
         load_pairs_kwargs: `load_pairs` options (``kind``, ``views``, ``strict``, ``max_pixels``, column names,
             kind options, ...). ``check_images`` is not needed: every image is decoded here anyway.
 
@@ -220,109 +219,215 @@ def preprocess_corpus(
         FileExistsError: `output_dir` exists and `overwrite` is False.
         BadInputError: in strict mode, the first bad row (nothing is written), whatever `num_proc` is.
     """
-    from datasets import Dataset, DatasetDict
-
-    if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+    holdout = _check_corpus_arguments(size, output_dir, overwrite, holdout, dataset_or_source, load_pairs_kwargs)
     strict = bool(load_pairs_kwargs.get("strict", False))
     max_pixels = int(load_pairs_kwargs.get("max_pixels", DEFAULT_MAX_PIXELS))
     load_pairs_kwargs.pop("check_images", None)
     started = time.perf_counter()
-
-    parent = output_dir.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    work = parent / f".{output_dir.name}.incomplete-{token}"
-    cache = parent / f".{output_dir.name}.cache-{token}"
-    stale = sorted(parent.glob(f".{output_dir.name}.incomplete-*")) + sorted(parent.glob(f".{output_dir.name}.cache-*"))
-    if stale:
-        logger.warning("leftovers of an interrupted run (safe to delete): %s", ", ".join(map(str, stale)))
-    kind = None
+    work, cache, backup = _staging_paths(output_dir)
     try:
         with datasets_progress_bars(progress):
-            # 1. the inputs, one per output split
-            if isinstance(dataset_or_source, (Dataset, DatasetDict)):
-                unexpected = set(load_pairs_kwargs) - {"strict", "max_pixels"}
-                if unexpected:
-                    raise TypeError(f"options {sorted(unexpected)} apply to a source path, not to a Dataset")
-                is_dict = isinstance(dataset_or_source, DatasetDict)
-                inputs = dict(dataset_or_source) if is_dict else {None: dataset_or_source}
-                ledger = PairLedger(source="preprocess", strict=strict, max_logged_per_reason=max_logged_per_reason)
-            else:
-                splits = split_mapping(load_pairs_kwargs.pop("split", None))
-                inputs, ledger = {}, None
-                for name, source_split in splits.items():
-                    dataset, split_ledger = load_pairs(dataset_or_source, split=source_split, check_images=False,
-                                                       num_proc=num_proc, cache_dir=cache,
-                                                       writer_batch_size=writer_batch_size, progress=progress,
-                                                       max_logged_per_reason=max_logged_per_reason,
-                                                       **load_pairs_kwargs)
-                    if ledger is None:
-                        ledger = PairLedger(source=split_ledger.source, strict=strict,
-                                            max_logged_per_reason=max_logged_per_reason)
-                    ledger.merge(split_ledger)
-                    inputs[name] = dataset
-                kind = load_pairs_kwargs.get("kind", "auto")
-
-            # 2. decode, check, resize, encode
-            outputs = {}
-            for name, dataset in inputs.items():
-                label = f"resizing {name!r} to {size} px" if name else f"resizing to {size} px"
-                outputs[name], _ = resize_dataset(dataset, size=size, max_pixels=max_pixels, strict=strict,
-                                                  ledger=ledger, num_proc=num_proc, cache_dir=cache,
-                                                  writer_batch_size=writer_batch_size, progress=progress,
-                                                  description=label)
-
-            # 3. write everything under a temporary name
-            result = outputs[None] if list(outputs) == [None] else DatasetDict(outputs)
-            result.save_to_disk(str(work), max_shard_size=max_shard_size)
-        ledger.write_rows(work / SKIPPED_ROWS_FILE, "skipped")
-        ledger.write_rows(work / REPAIRED_ROWS_FILE, "repaired")
-        rows = {str(name or "all"): len(dataset) for name, dataset in outputs.items()}
-        summary = {
-            "source": _describe_source(dataset_or_source),
-            "kind": kind,
-            "size": size,
-            "splits": [name for name in outputs if name is not None],
-            "rows": rows,
-            "kept": sum(rows.values()),
-            "skipped": dict(ledger.skipped),
-            "repaired": dict(ledger.repaired),
-            "filtered": dict(ledger.filtered),
-            "skipped_rows_file": SKIPPED_ROWS_FILE,  # every skipped id, with its reason and detail
-            "repaired_rows_file": REPAIRED_ROWS_FILE,
-            "summary": ledger.summary(kept=sum(rows.values())),
-            "options": {key: (list(value) if isinstance(value, tuple) else value)
-                        for key, value in load_pairs_kwargs.items()
-                        if isinstance(value, (str, int, float, bool, tuple, list, type(None)))},
-            "seconds": round(time.perf_counter() - started, 1),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
-
-        # 4. publish: rename into place (the old output, with overwrite, goes only once the new one is complete)
-        backup = None
-        if output_dir.exists():
-            backup = parent / f".{output_dir.name}.replaced-{token}"
-            os.replace(output_dir, backup)
-        os.replace(work, output_dir)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+            inputs, ledger, kind = _read_inputs(
+                dataset_or_source, load_pairs_kwargs, strict=strict, num_proc=num_proc, cache=cache,
+                writer_batch_size=writer_batch_size, progress=progress, max_logged_per_reason=max_logged_per_reason)
+            outputs = _resize_inputs(inputs, ledger, size=size, max_pixels=max_pixels, strict=strict,
+                                     num_proc=num_proc, cache=cache, writer_batch_size=writer_batch_size,
+                                     progress=progress)
+            # of the kept rows: the fractions are of what training will see
+            outputs, held_out = _hold_out(outputs, holdout, seed) if holdout else (outputs, None)
+            _save(outputs, work, max_shard_size)
+        summary = _write_summary(work, ledger, outputs, source=_describe_source(dataset_or_source), kind=kind,
+                                 size=size, options=load_pairs_kwargs, started=started, holdout=held_out)
+        _publish(work, output_dir, backup)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+    _log_outcome(ledger, summary, output_dir)
+    return output_dir
+
+
+def _check_corpus_arguments(size: int, output_dir: Path, overwrite: bool, holdout: dict | None,
+                            dataset_or_source: Any, load_pairs_kwargs: dict) -> dict[str, float] | None:
+    """Refuses, before any work, what `preprocess_corpus` could not do; returns the checked `holdout` fractions."""
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+    return None if holdout is None else _check_holdout_input(holdout, dataset_or_source, load_pairs_kwargs)
+
+
+def _save(outputs: dict, work: Path, max_shard_size: str | int) -> None:
+    """Saves one `Dataset` (a single unnamed output) or a `DatasetDict` into `work`."""
+    from datasets import DatasetDict
+
+    # written under a temporary name: an interrupted run leaves nothing that looks finished
+    result = outputs[None] if list(outputs) == [None] else DatasetDict(outputs)
+    result.save_to_disk(str(work), max_shard_size=max_shard_size)
+
+
+def _check_holdout_input(holdout: dict, dataset_or_source: Any, load_pairs_kwargs: dict) -> dict[str, float]:
+    """The checked `holdout` fractions; refused, before any work, with official splits or a `DatasetDict`."""
+    from datasets import DatasetDict
+
+    holdout = check_holdout(holdout, flag="holdout")
+    if load_pairs_kwargs.get("split") is not None:
+        raise ValueError("holdout= cannot be combined with split=: split= reads a source's official splits, holdout= "
+                         "makes patient-level splits of all its rows; use one of them")
+    if isinstance(dataset_or_source, DatasetDict):
+        raise TypeError("holdout= needs one Dataset (or a source), not a DatasetDict, which already has splits")
+    return holdout
+
+
+def _hold_out(outputs: dict, holdout: dict[str, float], seed: int) -> tuple[dict, dict]:
+    """
+    The one output split as ``train`` and the `holdout` splits (:func:`patient_holdout` on its patient ids), and
+    what the summary says about them.
+    """
+    (dataset,) = outputs.values()
+    patient_ids = dataset["patient_id"] if len(dataset) else []
+    splits = patient_holdout(patient_ids, holdout, seed)
+    names = [TRAIN_SPLIT, *holdout]
+    rows = {name: [index for index, split in enumerate(splits) if split == name] for name in names}
+    patients = held_out_patients(patient_ids, splits)
+    held_out = {
+        "seed": seed,
+        "fractions": dict(holdout),
+        "balance": "patients in a seeded order, laid end to end by rows; each split takes the patients whose middle "
+                   "falls in its stretch of fraction x rows: within one patient's rows of the request",
+        "rows": {name: len(rows[name]) for name in names},
+        "patients": {name: len(patients.get(name, [])) for name in holdout},
+        "rows_without_patient_id": sum(patient in (None, "") for patient in patient_ids),
+        "patient_files": {name: PATIENTS_FILE.format(split=name) for name in holdout},
+        "patient_ids": {name: patients.get(name, []) for name in holdout},  # written to the files, not the summary
+    }
+    return {name: dataset.select(rows[name]) for name in names}, held_out
+
+
+def _staging_paths(output_dir: Path) -> tuple[Path, Path, Path]:
+    """
+    Beside `output_dir`, under names of this run: the output being written, the Arrow cache, and where an output it
+    replaces waits until the new one is in place. Leftovers of an interrupted run are named, never deleted.
+    """
+    parent = output_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    stale = sorted(parent.glob(f".{output_dir.name}.incomplete-*")) + sorted(parent.glob(f".{output_dir.name}.cache-*"))
+    if stale:
+        logger.warning("leftovers of an interrupted run (safe to delete): %s", ", ".join(map(str, stale)))
+    return (parent / f".{output_dir.name}.incomplete-{token}", parent / f".{output_dir.name}.cache-{token}",
+            parent / f".{output_dir.name}.replaced-{token}")
+
+
+def _read_inputs(dataset_or_source: Any, load_pairs_kwargs: dict, *, strict: bool, num_proc: int | None, cache: Path,
+                 writer_batch_size: int, progress: bool, max_logged_per_reason: int | None):
+    """
+    The inputs, one per output split, the ledger of reading them and the source's kind (None for a `Dataset`).
+    ``split`` is taken out of `load_pairs_kwargs`: the rest are the options the summary lists.
+    """
+    from datasets import Dataset, DatasetDict
+
+    if isinstance(dataset_or_source, (Dataset, DatasetDict)):
+        unexpected = set(load_pairs_kwargs) - {"strict", "max_pixels"}
+        if unexpected:
+            raise TypeError(f"options {sorted(unexpected)} apply to a source path, not to a Dataset")
+        is_dict = isinstance(dataset_or_source, DatasetDict)
+        inputs = dict(dataset_or_source) if is_dict else {None: dataset_or_source}
+        ledger = PairLedger(source="preprocess", strict=strict, max_logged_per_reason=max_logged_per_reason)
+        for dataset in inputs.values():  # records already: every row was read, none checked yet
+            ledger.images_read += len(dataset)
+            ledger.reports_read.update(dataset_report_keys(dataset))
+        return inputs, ledger, None
+    splits = split_mapping(load_pairs_kwargs.pop("split", None))
+    inputs, ledger = {}, None
+    for name, source_split in splits.items():
+        dataset, split_ledger = load_pairs(dataset_or_source, split=source_split, check_images=False,
+                                           num_proc=num_proc, cache_dir=cache, writer_batch_size=writer_batch_size,
+                                           progress=progress, max_logged_per_reason=max_logged_per_reason,
+                                           **load_pairs_kwargs)
+        if ledger is None:
+            ledger = PairLedger(source=split_ledger.source, strict=strict, max_logged_per_reason=max_logged_per_reason)
+        ledger.merge(split_ledger)
+        inputs[name] = dataset
+    return inputs, ledger, load_pairs_kwargs.get("kind", "auto")
+
+
+def _resize_inputs(inputs: dict, ledger: PairLedger, *, size: int, max_pixels: int, strict: bool,
+                   num_proc: int | None, cache: Path, writer_batch_size: int, progress: bool) -> dict:
+    """Each input decoded, checked, resized and re-encoded (:func:`resize_dataset`), by output split."""
+    outputs = {}
+    for name, dataset in inputs.items():
+        label = f"resizing {name!r} to {size} px" if name else f"resizing to {size} px"
+        outputs[name], _ = resize_dataset(dataset, size=size, max_pixels=max_pixels, strict=strict, ledger=ledger,
+                                          num_proc=num_proc, cache_dir=cache, writer_batch_size=writer_batch_size,
+                                          progress=progress, description=label)
+    return outputs
+
+
+def _write_summary(work: Path, ledger: PairLedger, outputs: dict, *, source: str, kind: str | None, size: int,
+                   options: dict, started: float, holdout: dict | None = None) -> dict:
+    """
+    Writes the skipped and repaired rows, the held-out patients (``<split>_patients.txt``) and
+    ``preprocess_summary.json`` into `work`; returns the summary.
+    """
+    ledger.write_rows(work / SKIPPED_ROWS_FILE, "skipped")
+    ledger.write_rows(work / REPAIRED_ROWS_FILE, "repaired")
+    if holdout is not None:
+        holdout = dict(holdout)
+        for name, patients in holdout.pop("patient_ids").items():
+            (work / holdout["patient_files"][name]).write_text("".join(f"{patient}\n" for patient in patients))
+    rows = {str(name or "all"): len(dataset) for name, dataset in outputs.items()}
+    kept = sum(rows.values())
+    kept_reports = len(set().union(*(dataset_report_keys(dataset) for dataset in outputs.values())))
+    summary = {
+        "source": source,
+        "kind": kind,
+        "size": size,
+        "splits": [name for name in outputs if name is not None],
+        "units": SUMMARY_UNITS,
+        "images": {"read": ledger.images_read, "kept": kept, "skipped": sum(ledger.skipped_images.values()),
+                   "filtered": sum(ledger.filtered.values())},
+        "reports": {"read": len(ledger.reports_read), "kept": kept_reports,
+                    "without_images": sum(ledger.unpaired.values())},
+        "rows": rows,
+        "kept": kept,
+        "skipped": ledger.skipped_images,  # images, per reason
+        "skipped_reports": ledger.skipped_report_counts,  # reports, per reason whose unit is the report
+        "repaired": dict(ledger.repaired),
+        "filtered": dict(ledger.filtered),  # images left out on request (views, split) only
+        "skipped_rows_file": SKIPPED_ROWS_FILE,  # every skipped id, with its reason and detail
+        "repaired_rows_file": REPAIRED_ROWS_FILE,
+        "holdout": holdout,
+        "summary": ledger.summary(kept=kept, kept_reports=kept_reports),
+        "options": {key: (list(value) if isinstance(value, tuple) else value)
+                    for key, value in options.items()
+                    if isinstance(value, (str, int, float, bool, tuple, list, type(None)))},
+        "seconds": round(time.perf_counter() - started, 1),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _publish(work: Path, output_dir: Path, backup: Path) -> None:
+    """Renames `work` into place; an output it replaces (with overwrite) goes only once the new one is complete."""
+    replaced = output_dir.exists()
+    if replaced:
+        os.replace(output_dir, backup)
+    os.replace(work, output_dir)
+    if replaced:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _log_outcome(ledger: PairLedger, summary: dict, output_dir: Path) -> None:
     (logger.warning if ledger.total_skipped else logger.info)(summary["summary"])
     if ledger.total_skipped or ledger.total_repaired:
         (logger.warning if ledger.total_skipped else logger.info)(
             "every skipped row is listed in %s and every repaired row in %s (id, reason, detail)",
             output_dir / SKIPPED_ROWS_FILE, output_dir / REPAIRED_ROWS_FILE)
     logger.info("preprocessed corpus written to %s in %.1f s", output_dir, summary["seconds"])
-    return output_dir
 
 
 def _log_cap(text: str) -> int | None:
@@ -338,12 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
                     f"{SKIPPED_ROWS_FILE} / {REPAIRED_ROWS_FILE} in the output.",
     )
     parser.add_argument("--source", required=True, help="manifest, folder or Hub dataset id")
-    parser.add_argument("--kind", default="auto", choices=("auto",) + KINDS)
+    parser.add_argument("--kind", default="auto", choices=("auto",) + source_kinds())
     parser.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--size", type=int, default=256, help="long side of the stored images (default 256)")
     parser.add_argument("--split", nargs="+", action="append", default=None,
                         help="split(s) to read, each NAME or OUTPUT=SOURCE (e.g. validation=validate); the output is "
                              "then a DatasetDict with these split names")
+    parser.add_argument("--holdout", nargs="+", action="append", default=None, metavar="NAME=FRACTION",
+                        help="patient-level held-out splits of any source, e.g. validation=0.1 test=0.1: each about "
+                             "that fraction of the kept rows, no patient in two splits, the rest is train; the "
+                             "held-out patient ids go to <NAME>_patients.txt (not with --split)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the --holdout assignment (default 0)")
     parser.add_argument("--views", nargs="+", default=None,
                         help="keep these views only, e.g. PA AP (generic sources need --view-column)")
     parser.add_argument("--report-mode", default="findings_impression", choices=("findings_impression", "whole"))
@@ -382,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The options of the built-in corpora and Hub datasets (see KIND_OPTIONS), by command-line flag.
+# The options of the built-in corpora and Hub datasets (see `register_source`), by command-line flag.
 KIND_OPTION_FLAGS = {"config_name": "--config-name", "revision": "--revision", "data_dir": "--data-dir",
                      "reports_root": "--reports-root", "image_root": "--image-root", "labels": "--labels",
                      "labels_file": "--labels-file", "uncertain": "--uncertain"}
@@ -403,7 +513,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     """
     from datasets.utils.py_utils import convert_file_size_to_int
 
-    from .mimic_cxr import LABEL_TABLES
+    from .sources.mimic_cxr import LABEL_TABLES
 
     _positive("--size", args.size)
     _positive("--max-pixels", args.max_pixels)
@@ -424,6 +534,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         names.append(name.strip())
     if len(set(names)) != len(names):
         raise ValueError(f"--split names an output split twice: {names}")
+    _check_holdout_arguments(args)
     if args.views is not None and not all(view.strip() for view in args.views):
         raise ValueError(f"--views must be view names such as PA AP, got {args.views}")
     if args.labels is not None and args.labels.lower() not in ("none", *LABEL_TABLES):
@@ -449,8 +560,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         except (ValueError, FileNotFoundError) as error:
             raise type(error)(f"--source: {error}") from error
     for name, flag in KIND_OPTION_FLAGS.items():
-        if getattr(args, name) is not None and name not in KIND_OPTIONS[kind]:
-            accepting = [other for other, options in KIND_OPTIONS.items() if name in options]
+        if getattr(args, name) is not None and name not in source_kind(kind).options:
+            accepting = [other for other in source_kinds() if name in source_kind(other).options]
             raise ValueError(f"{flag} only applies to --kind {' or '.join(accepting)} (this source is {kind!r})")
     for name, (flag, what) in LOCAL_PATH_OPTIONS.items():
         value = getattr(args, name)
@@ -459,6 +570,24 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{flag} {value}: no such {what}")
     if kind == "openi" and args.views:
         raise ValueError("--views: Open-i has no per-image view position, so every row would be dropped")
+
+
+def holdout_argument(args: argparse.Namespace) -> dict[str, float] | None:
+    """The ``--holdout`` fractions (checked, see :func:`~convirt_hf.data.holdout.parse_holdout`), or None."""
+    if not args.holdout:
+        return None
+    return parse_holdout([item for group in args.holdout for item in group])
+
+
+def _check_holdout_arguments(args: argparse.Namespace) -> None:
+    holdout = holdout_argument(args)
+    if holdout and args.split:
+        raise ValueError("--holdout cannot be combined with --split: --split reads a source's official splits, "
+                         "--holdout makes patient-level splits of all its rows; use one of them")
+    if args.seed is not None and not holdout:
+        raise ValueError("--seed only applies with --holdout (it seeds the patient assignment)")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
 
 
 def flags_named_in(message: str, parser: argparse.ArgumentParser) -> list[str]:
@@ -497,6 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.split:
         kwargs["split"] = [item for group in args.split for item in group]
+    if args.holdout:
+        kwargs.update(holdout=holdout_argument(args), seed=args.seed or 0)
     # Only what was given, so that load_pairs can tell an option set on purpose from its default.
     given = {"image_column": args.image_column, "text_column": args.text_column, "label_columns": args.label_columns,
              "label_names_column": args.label_names_column, "id_column": args.id_column,
@@ -518,8 +649,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(error, parser)
     summary = json.loads((output / SUMMARY_FILE).read_text())
     print(summary["summary"])
-    if summary["skipped"] or summary["repaired"]:
+    if summary["skipped"] or summary["skipped_reports"] or summary["repaired"]:
         print(f"skipped and repaired rows, with ids: {output / SKIPPED_ROWS_FILE}, {output / REPAIRED_ROWS_FILE}")
+    if summary["holdout"]:
+        rows, files = summary["holdout"]["rows"], summary["holdout"]["patient_files"]
+        print("patient-level splits (rows): " + ", ".join(f"{name}={count}" for name, count in rows.items())
+              + "; held-out patients: " + ", ".join(str(output / name) for name in files.values()))
     print(f"written to {output}")
     return 0
 

@@ -57,3 +57,18 @@ def make_record(
         "study_id": None if study_id is None else str(study_id),
         "view": view,
     }
+
+
+def report_key(study_id: str | None, row_id: str) -> str:
+    """
+    Which report a row's text comes from, for counting reports: its study (one report per study in MIMIC-CXR,
+    CheXpert-Plus and Open-i, and for generic sources given a study column), else the row itself.
+    """
+    return f"study:{study_id}" if study_id else f"row:{row_id}"
+
+
+def dataset_report_keys(dataset) -> set[str]:
+    """The :func:`report_key` of every row of a record `datasets.Dataset` (two string columns read, no image)."""
+    if len(dataset) == 0:
+        return set()
+    return {report_key(study, row_id) for study, row_id in zip(dataset["study_id"], dataset["id"])}

@@ -11,15 +11,29 @@ t_u). Real reports make each step harder than it sounds:
   * starts a line (any case) and is followed by a colon, or stands alone on its line (capitalised, with or without
     a colon; an all lower-case word alone on a line is more likely the tail of a wrapped sentence), or
   * follows a sentence end on the same line (any case) and is followed by a colon, or
-  * is written in capitals and followed by a colon anywhere (``... normal. IMPRESSION: No acute ...``).
+  * is written in capitals and followed by a colon anywhere (``... normal. IMPRESSION: No acute ...``), or
+  * directly follows another header's colon (``IMPRESSION: Exam: Chest 2 views.``), or
+  * is a metadata label (:data:`METADATA_SECTIONS`: exam, date, comparison, history, indication, technique and
+    their variants such as ``Reason for exam``, ``Clinical history``, ``Exam date``) starting with a capital and
+    followed by a colon anywhere (``... 2 views Date: XXXX``).
 
-  A section name used inside a sentence ("consistent with prior findings: ...") is not a header.
+  A section name used inside a sentence ("consistent with prior findings: ...", "compared with the prior study:")
+  is not a header.
+- **Nested reports and metadata**: Open-i sometimes writes a second, complete report into one section
+  (``IMPRESSION: Exam: Chest 2 views. Date: XXXX. History: cough. FINDINGS: ... IMPRESSION: ...``). Metadata
+  sections are never training text; one written inside a FINDINGS or IMPRESSION line opens a nested report's header
+  block when a FINDINGS or IMPRESSION header follows on that line (it then runs to the next header), and is otherwise
+  a lone field covering its first sentence, after which the enclosing section goes on. A paragraph that a section
+  already had is not repeated (a nested report repeats the findings written before it).
 - **Text selection** (:func:`report_text`): FINDINGS then IMPRESSION. A report with no section header at all is
   taken to be section text already (CheXpert-Plus columns, user CSVs) and used whole. ``FINAL REPORT`` only marks
   where MIMIC-CXR's final text starts, so a report whose only header is that line counts as unsectioned. A report
   with section headers but neither FINDINGS nor IMPRESSION gives ``""``, and the caller drops the pair.
 - **De-identification placeholders** (``___`` in MIMIC-CXR, ``XXXX`` in Open-i, ``[**Name**]`` in older MIMIC
-  text) are normalised to ``___`` and never count as tokens; a sentence made only of placeholders ("XXXX XXXX.") is
+  text) are normalised to ``___`` and never count as tokens. Any run of three or more X (all upper or all lower
+  case) is a placeholder, also glued to what the de-identification kept (``4XXXX`` -> ``4___``, ``XXXXPM`` ->
+  ``___PM``, ``XXXX-XXXX`` -> ``___-___``); no word has three X in a row, so ``XXL``, ``XR``, ``x-ray``,
+  ``xiphoid`` and ``2 x 3 cm`` stay as written; a sentence made only of placeholders ("XXXX XXXX.") is
   not a sentence. Lines that only draw a rule (``_____``, ``-----``) are layout, not placeholders, and are removed.
 - **Sentences** (:func:`split_sentences`) end at ".", "!" or "?" followed by a space or the end of the text, except
   after abbreviations ("Dr.", "e.g.", "i.e.", "vs.", "approx."; "a.m."/"p.m."/"etc." end a sentence only when a
@@ -46,6 +60,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CONTENT_SECTIONS",
+    "METADATA_SECTIONS",
     "SECTION_ALIASES",
     "clean_text",
     "count_tokens",
@@ -80,11 +96,14 @@ SECTION_ALIASES: dict[str, tuple[str, ...]] = {
         "reason for (?:examination|exam|study|request)",
         "clinical information",
         "clinical details",
+        "clinical data",
+        "reason",
     ),
     "history": ("clinical history", "patient history", "medical history", "history"),
     "comparison": ("comparison (?:study|studies|exams?)", "comparisons?", "prior studies", "prior study"),
     "technique": ("techniques?", "procedure comments?", "procedure"),
-    "examination": ("type of (?:examination|exam)", "examinations?", "exam", "study"),
+    "examination": ("type of (?:examination|exam|study)", "exam(?:ination)? type", "examinations?", "exam", "study"),
+    "date": ("date ?/ ?time", "date of (?:examination|exam|study|service)", "(?:exam|examination|study) date", "date"),
     "recommendation": ("recommendations?", "recommendation\\(s\\)"),
     "notification": ("notifications?", "communication"),
     # MIMIC-CXR's preliminary reads, superseded by the final report.
@@ -95,6 +114,11 @@ SECTION_ALIASES: dict[str, tuple[str, ...]] = {
 # Headers that mark where a document part starts rather than what a section contains: a report whose only header is
 # one of these is still unsectioned text.
 DOCUMENT_MARKERS = frozenset({"final report"})
+# The sections a pair is trained on (findings_impression mode).
+CONTENT_SECTIONS = ("findings", "impression")
+# Sections that say how and why the examination was made, not what it showed: never training text in
+# findings_impression mode, wherever their header stands (a nested report's "Exam: ... Date: ..." block included).
+METADATA_SECTIONS = frozenset({"indication", "history", "comparison", "technique", "examination", "date"})
 
 
 def _alias_regex(alias: str) -> str:
@@ -113,9 +137,11 @@ for _index, (_alias, _section) in enumerate(_ALIAS_FRAGMENTS):
     _ALIAS_SECTION[f"a{_index}"] = _section
 
 
-def _alias_pattern(upper: bool = False) -> str:
+def _alias_pattern(upper: bool = False, sections: frozenset | None = None) -> str:
     groups = []
-    for index, (alias, _) in enumerate(_ALIAS_FRAGMENTS):
+    for index, (alias, section) in enumerate(_ALIAS_FRAGMENTS):
+        if sections is not None and section not in sections:
+            continue
         fragment = _alias_regex(alias)
         if upper:
             fragment = fragment.upper().replace("\\T", "\\t")
@@ -125,6 +151,7 @@ def _alias_pattern(upper: bool = False) -> str:
 
 _ALIASES = _alias_pattern()
 _ALIASES_UPPER = _alias_pattern(upper=True)
+_METADATA_ALIASES = _alias_pattern(sections=METADATA_SECTIONS)
 # re.ASCII keeps IGNORECASE from folding e.g. the long s or the Kelvin sign onto ASCII letters.
 _CASELESS = re.IGNORECASE | re.ASCII | re.MULTILINE
 _HEADER_PATTERNS = (
@@ -136,13 +163,22 @@ _HEADER_PATTERNS = (
     re.compile(rf"[.!?;][\"')\]]*[ \t]+{_ALIASES}[ \t]*:", _CASELESS),
     # in capitals anywhere, followed by a colon
     re.compile(rf"(?<![A-Za-z0-9]){_ALIASES_UPPER}[ \t]*:", re.MULTILINE),
+    # right after a header's colon, any case: "IMPRESSION: Exam: Chest 2 views." opens a nested report's header block
+    re.compile(rf":[ \t]*{_ALIASES}[ \t]*:", _CASELESS),
+    # a metadata label starting with a capital, anywhere, followed by a colon ("... 2 views Date: XXXX"); written in
+    # lower case mid-sentence ("compared with the prior study: ...") it is prose (checked in _find_headers)
+    re.compile(rf"(?<![A-Za-z0-9]){_METADATA_ALIASES}[ \t]*:", _CASELESS),
 )
+_CAPITALISED_RULE = len(_HEADER_PATTERNS) - 1
 
 # Line separators other than "\n" (str.splitlines treats these as line breaks too).
 _LINE_BREAKS = re.compile(r"\r\n?|[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 # A line that only draws a rule (MIMIC-CXR puts a row of underscores between the wet read and the final report).
 _RULE_LINE = re.compile(r"^[ \t]*[_\-=*~#]{5,}[ \t]*$", re.MULTILINE)
-_PLACEHOLDER = re.compile(r"\[\*\*[^\n]*?\*\*\]|_{3,}|\b[Xx]{3,}\b")
+# Open-i's de-identification replaced words, or parts of words, by XXXX, leaving it glued to what was kept ("4XXXX",
+# "XXXXPM", "XXXX-XXXX"): any run of three or more X is a placeholder, since no word has three in a row ("XXL",
+# "xiphoid", "x-ray" and "2 x 3 cm" have fewer). A run is all upper or all lower case.
+_PLACEHOLDER = re.compile(r"\[\*\*[^\n]*?\*\*\]|_{3,}|X{3,}|x{3,}")
 _TOKEN = re.compile(r"[^\W_]+(?:[.'\u2019\-][^\W_]+)*")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -195,6 +231,8 @@ def _find_headers(report: str) -> list[tuple[int, int, str]]:
             group = match.lastgroup
             if index == 1 and match.group(group).islower():
                 continue  # a lower-case word alone on a line is the end of a wrapped sentence, not a header
+            if index == _CAPITALISED_RULE and not match.group(group)[0].isupper():
+                continue
             found.append((match.start(group), match.end(), _ALIAS_SECTION[group]))
     found.sort(key=lambda item: (item[0], -item[1]))
     headers: list[tuple[int, int, str]] = []
@@ -205,18 +243,91 @@ def _find_headers(report: str) -> list[tuple[int, int, str]]:
     return headers
 
 
+def _next_content_starts(headers: list[tuple[int, int, str]]) -> list[int | None]:
+    """For each header, where the next FINDINGS or IMPRESSION header after it starts (None: there is none)."""
+    starts: list[int | None] = [None] * len(headers)
+    following = None
+    for index in range(len(headers) - 1, -1, -1):
+        starts[index] = following
+        if headers[index][2] in CONTENT_SECTIONS:
+            following = headers[index][0]
+    return starts
+
+
+def _field_end(text: str) -> int:
+    """Where a metadata field written inside a line ends: after its first sentence, at the latest at the line end."""
+    line_end = text.find("\n")
+    line_end = len(text) if line_end < 0 else line_end
+    line = text[:line_end]
+    for match in _SENTENCE_END.finditer(line):
+        if match.end() >= len(line.rstrip()) or _ends_sentence(line, match):
+            return match.end()
+    return line_end
+
+
 def _section_spans(report: str) -> list[tuple[str, str]]:
-    """(section, raw text) in document order; the text before the first header is the "preamble"."""
+    """
+    (section, raw text) in document order; the text before the first header is the "preamble".
+
+    A metadata header (:data:`METADATA_SECTIONS`) inside the line of a FINDINGS or IMPRESSION section is either the
+    start of a nested report's header block, when a FINDINGS or IMPRESSION header follows on the same line (Open-i
+    writes a second report into one section: "IMPRESSION: Exam: ... Date: ... FINDINGS: ..."), and then runs to the
+    next header as usual; or a field on its own ("... clear. Date: XXXX. No effusion."), which covers its first
+    sentence only, the enclosing section going on after it.
+    """
     report = _normalise_layout(report)
     headers = _find_headers(report)
     spans = []
     preamble = report[: headers[0][0]] if headers else report
     if preamble.strip():
         spans.append(("preamble", preamble))
-    for index, (_, end, section) in enumerate(headers):
+    enclosing = None  # the FINDINGS / IMPRESSION section that a metadata field inside its line interrupts
+    next_content = _next_content_starts(headers)
+    line_start = 0
+    for index, (start, end, section) in enumerate(headers):
         stop = headers[index + 1][0] if index + 1 < len(headers) else len(report)
-        spans.append((section, report[end:stop]))
+        text = report[end:stop]
+        # searched from the previous header on only: linear however many headers share a long line
+        line_start = max(line_start, report.rfind("\n", line_start, start) + 1)
+        inline = report[line_start:start].strip() != ""
+        if section in CONTENT_SECTIONS:
+            enclosing = section
+        elif section in METADATA_SECTIONS and inline and enclosing is not None:
+            line_end = report.find("\n", start)
+            following = next_content[index]
+            nested = following is not None and (line_end < 0 or following < line_end)
+            if not nested:
+                cut = _field_end(text)
+                spans += [(section, text[:cut]), (enclosing, text[cut:])]
+                continue
+        elif not inline:
+            enclosing = None  # a section of its own: what follows it is not the findings' any more
+        spans.append((section, text))
     return spans
+
+
+def _paragraph_key(paragraph: str) -> str:
+    """What two copies of a paragraph share: its words, whatever the layout, case and punctuation."""
+    return " ".join(_TOKEN.findall(clean_text(paragraph).casefold()))
+
+
+def _section_paragraphs(report: str) -> list[tuple[str, list[str]]]:
+    """
+    Each span of :func:`_section_spans` with its text tidied and split into paragraphs. A paragraph that its section
+    already had is dropped: a nested report repeats the findings (and often the impression) written before it.
+    """
+    seen: dict[str, set[str]] = {}
+    result = []
+    for section, text in _section_spans(report):
+        kept = []
+        for paragraph in _tidy(text).split("\n\n"):
+            key = _paragraph_key(paragraph)
+            if not paragraph or key in seen.setdefault(section, set()):
+                continue
+            seen[section].add(key)
+            kept.append(paragraph)
+        result.append((section, kept))
+    return result
 
 
 def extract_sections(report: str) -> dict[str, str]:
@@ -228,10 +339,11 @@ def extract_sections(report: str) -> dict[str, str]:
 
     Returns:
         `dict[str, str]`: canonical lower-case section names (``"findings"``, ``"impression"``, ``"indication"``,
-        ``"history"``, ``"comparison"``, ``"technique"``, ``"examination"``, ``"recommendation"``,
+        ``"history"``, ``"comparison"``, ``"technique"``, ``"examination"``, ``"date"``, ``"recommendation"``,
         ``"notification"``, ``"wet read"``, ``"final report"``, ``"addendum"``) to their text, in the order the
         sections first appear; text before the first header is under ``"preamble"``. A header with no text keeps
-        its key with ``""``. A section that appears twice is joined in order. Each text has its lines stripped and
+        its key with ``""``. A section that appears twice is joined in order, without the paragraphs it already had
+        (a nested report repeats them). Each text has its lines stripped and
         blank lines squeezed but keeps its line breaks (they mark list items); :func:`clean_text` gives one line.
         ``"FINDINGS AND IMPRESSION"`` is filed under ``"findings"``; ``"CONCLUSION"`` and ``"SUMMARY"`` under
         ``"impression"``.
@@ -245,8 +357,8 @@ def extract_sections(report: str) -> dict[str, str]:
     ```
     """
     sections: dict[str, str] = {}
-    for section, text in _section_spans(report):
-        text = _tidy(text)
+    for section, paragraphs in _section_paragraphs(report):
+        text = "\n\n".join(paragraphs)
         if section in sections:
             sections[section] = "\n".join(part for part in (sections[section], text) if part)
         else:
@@ -265,17 +377,15 @@ def _selected_parts(report: str, mode: str) -> list[str]:
     """
     if mode not in REPORT_MODES:
         raise ValueError(f"report mode must be one of {REPORT_MODES}, got {mode!r}")
-    spans = _section_spans(report)
+    spans = _section_paragraphs(report)
     content_headers = {section for section, _ in spans} - {"preamble"} - DOCUMENT_MARKERS
+    # paragraphs are parts too: a blank line ends a sentence, and the one-line text must say so with a full stop
     if mode == "whole" or not content_headers:
-        parts = [text for _, text in spans]
+        parts = [paragraph for _, paragraphs in spans for paragraph in paragraphs]
     else:
         # FINDINGS before IMPRESSION whatever order they were written in, as the paper reads them
-        parts = [text for section, text in spans if section == "findings"] + [
-            text for section, text in spans if section == "impression"
-        ]
-    # paragraphs are parts too: a blank line ends a sentence, and the one-line text must say so with a full stop
-    parts = [paragraph for part in parts for paragraph in _tidy(part).split("\n\n") if paragraph]
+        parts = [paragraph for wanted in CONTENT_SECTIONS for section, paragraphs in spans if section == wanted
+                 for paragraph in paragraphs]
     return [part + "." if index < len(parts) - 1 and _ENDS_UNPUNCTUATED.search(part) else part
             for index, part in enumerate(parts)]
 

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,36 @@ class BadInputError(ValueError):
         # Worker processes send exceptions back pickled; the default (`cls(*self.args)`) would call __init__ with the
         # message alone and fail, losing the row id.
         return type(self), (self.row_id, self.reason, self.detail)
+
+
+class RowRepairs:
+    """
+    One row's repairs, held until the row is kept: a row skipped after a repair counts as skipped only.
+
+    It takes repairs as a ledger does (:meth:`repair`, so it can be the ``ledger=`` of
+    :func:`~convirt_hf.data.images.load_image`) or by reason alone (:meth:`add`); :meth:`commit` hands them to the
+    row's ledger once the row is kept.
+
+    Args:
+        items: repairs already made, as ``(reason, detail)`` (copied).
+    """
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()):
+        self.items: list[tuple[str, str]] = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, reason: str, detail: str = "") -> None:
+        self.items.append((reason, detail))
+
+    def repair(self, row_id: str, reason: str, detail: str = "") -> None:
+        self.add(reason, detail)
+
+    def commit(self, ledger: SkipLedger, row_id: str) -> None:
+        """Records the repairs in `ledger` under `row_id`."""
+        for reason, detail in self.items:
+            ledger.repair(row_id, reason, detail)
 
 
 @dataclass

@@ -237,7 +237,8 @@ def test_openi_reads_the_public_layout(tmp_path):
     assert dataset["id"] == ["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001", "CXR2_IM-0652-1001", "CXR3_IM-1384-1001"]
     assert ledger.skipped_ids == {"missing_file": ["CXR2_IM-0652-2001"],
                                   "no_findings_impression": ["CXR4_IM-2050-1001"]}
-    assert ledger.filtered == Counter({"report_without_image": 1})  # 5.xml lists no image
+    # 5.xml lists no image: a report without images, not a filter the user asked for
+    assert ledger.unpaired == Counter({"report_without_image": 1}) and not ledger.filtered
     rows = {row["id"]: row for row in dataset}
     first = rows["CXR1_1_IM-0001-3001"]
     findings = ("The cardiomediastinal silhouette is within normal limits for size and contour. The lungs are clear. "
@@ -319,3 +320,39 @@ def test_mimic_cxr_metadata_that_is_not_utf8_is_repaired(tmp_path):
     dataset, ledger = load_pairs(root, split="test")
     assert dataset["id"] == [NO_VIEW] and dataset["view"] == ["LL\u00e9"]
     assert ledger.repaired == Counter({"metadata_cp1252": 1})
+
+
+def test_openi_preprocess_summary_counts_images_and_reports_and_says_so(tmp_path, capsys):
+    from convirt_hf.data.preprocess import SUMMARY_FILE, main
+
+    root = openi_tree(tmp_path)
+    reports = root / "ecgen-radiology"
+    # an empty report with two images: two images skipped, but one report
+    empty = (reports / "1.xml").read_text(encoding="utf-8").replace('"CXR1', '"CXR8')
+    for text in ("None.", "XXXX-year-old male, chest pain.", "Normal chest x-XXXX."):
+        empty = empty.replace(f">{text}<", "><")
+    empty = empty.split('<AbstractText Label="FINDINGS">')[0] + '<AbstractText Label="FINDINGS"/>' + \
+        empty.split("No pneumothorax or pleural effusion.</AbstractText>")[1]
+    (reports / "8.xml").write_text(empty, encoding="utf-8")
+    for image_id in ("CXR8_1_IM-0001-3001", "CXR8_1_IM-0001-4001"):
+        write_image(root / "NLMCXR_png" / f"{image_id}.png", seed=8, fmt="PNG")
+    (reports / "7.xml").write_text("<eCitation><uId id='CXR7'/><MedlineCitation>")  # its images are unknown
+
+    assert main(["--source", str(root), "--output", str(tmp_path / "out"), "--size", "8", "-q"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert "images" in summary["units"]["images"] and "report" in summary["units"]["reports"]
+    # 1.xml: 2 kept; 2.xml: 1 kept, 1 missing; 3.xml: 1 kept; 4.xml: 1 without findings; 8.xml: 2 empty
+    assert summary["images"] == {"read": 8, "kept": 4, "skipped": 4, "filtered": 0}
+    assert summary["kept"] == 4 and summary["rows"] == {"all": 4}
+    assert summary["skipped"] == {"empty_report": 2, "missing_file": 1, "no_findings_impression": 1}  # images
+    assert summary["skipped_reports"] == {"empty_report": 1, "no_findings_impression": 1, "unreadable_report": 1}
+    # 5.xml lists no image: a report without images, not something the user filtered out
+    assert summary["reports"] == {"read": 7, "kept": 3, "without_images": 1}
+    assert summary["filtered"] == {}
+    line = summary["summary"]
+    assert line.startswith("[openi:openi] read 7 reports with 8 images; kept 4 images (3 reports); skipped 4 images")
+    assert "empty_report=2 images/1 report" in line and "missing_file=1" in line
+    assert "unreadable_report=0 images/1 report" in line and "1 report without images" in line
+    assert "by request" not in line and "filtered" not in line
+    assert line in printed

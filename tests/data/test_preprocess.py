@@ -87,7 +87,8 @@ def test_preprocess_resizes_to_8bit_png_and_writes_a_summary(tmp_path):
     assert summary["skipped_rows_file"] == SKIPPED_ROWS_FILE
     assert summary["skipped"] == {"corrupt": 1, "short_report": 1}
     assert summary["repaired"] == {"16bit_to_8bit": 1}
-    assert summary["summary"].startswith("[manifest:corpus.csv] kept 4 rows; skipped 2")
+    assert summary["summary"].startswith(
+        "[manifest:corpus.csv] read 6 reports with 6 images; kept 4 images (4 reports); skipped 2 images")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary folders left
 
 
@@ -170,7 +171,7 @@ def test_command_line(tmp_path, capsys):
                  "--id-column", "id", "--label-names-column", "finding", "-q"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "kept 4 rows; skipped 2" in printed and str(output) in printed
+    assert "kept 4 images (4 reports); skipped 2 images" in printed and str(output) in printed
     summary = json.loads((output / SUMMARY_FILE).read_text())
     assert summary["skipped"] == {"corrupt": 1, "short_report": 1}
     code = main(["--source", str(manifest), "--output", str(output), "-q"])

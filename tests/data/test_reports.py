@@ -263,3 +263,97 @@ def test_arbitrary_text_never_crashes(report):
     for sentence in split_sentences(report):
         assert sentence and sentence == sentence.strip()
         assert count_tokens(sentence) >= 1
+
+
+# --- Open-i de-identification placeholders glued to other characters -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("left 4XXXX rib", "left 4___ rib"),  # a digit glued before: the placeholder is still one
+        ("3rd-5XXXX ribs", "3rd-5___ ribs"),
+        ("Dr. XXXX was notified at XXXXPM on XXXX", "Dr. ___ was notified at ___PM on ___"),  # letters glued after
+        ("XXXX-XXXX", "___-___"),
+        ("Comparison: XXXX, XXXX", "Comparison: ___, ___"),
+        ("(XXXX) and XXXXX/XXX", "(___) and ___/___"),
+        ("dictated xxxx at 10am", "dictated ___ at 10am"),  # lower-case runs are placeholders too
+        ("Normal chest x-XXXX.", "Normal chest x-___."),
+    ],
+)
+def test_placeholders_glued_to_other_characters_are_normalised(text, expected):
+    assert clean_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "xiphoid process", "Xray Chest PA and Lateral", "chest x-ray", "XR CHEST 2 VIEWS", "nodule 2 x 3 cm",
+        "1.2 X 0.8 CM", "Exam", "EXAM", "Maxillary sinus", "XXL", "XX", "cranial nerve XII", "exxon",
+    ],
+)
+def test_words_that_merely_contain_an_x_are_not_placeholders(text):
+    # "XXL" (two X) is a size, not a placeholder: only runs of three or more X are (no word has three in a row)
+    assert clean_text(text) == text
+    assert split_sentences(text) == [text]
+
+
+def test_glued_placeholders_do_not_count_as_tokens():
+    assert count_tokens("XXXXPM") == 1  # "PM"
+    assert count_tokens("4XXXX") == 1  # "4"
+    assert count_tokens("XXXX-XXXX") == 0
+    assert split_sentences("XXXX-XXXX. The left 4XXXX rib is intact.") == ["The left 4___ rib is intact."]
+
+
+# --- a second, complete report inside a section; header metadata is never training text ------------------------------
+
+NESTED = ("IMPRESSION: Exam: Chest 2 views. Date: XXXX. History: cough. FINDINGS: The lungs are clear. "
+          "IMPRESSION: No acute disease.")
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        NESTED,
+        # as the Open-i reader joins the XML sections: the outer FINDINGS repeat the nested ones
+        ("FINDINGS: The lungs are clear.\n" + NESTED),
+        ("Findings: The lungs are clear.\nImpression: " + NESTED.removeprefix("IMPRESSION: ")),
+        # the nested header block without full stops, and with the upper-case spellings
+        ("FINDINGS: The lungs are clear.\nIMPRESSION: EXAM: Chest 2 views Date: XXXX Clinical history: cough "
+         "FINDINGS: The lungs are clear. IMPRESSION: No acute disease."),
+        # the outer impression repeats the nested one before the nested report starts
+        ("FINDINGS: The lungs are clear.\nIMPRESSION: No acute disease. Exam: Chest 2 views. Reason for exam: "
+         "cough. FINDINGS: The lungs are clear. IMPRESSION: No acute disease."),
+    ],
+)
+def test_a_nested_report_gives_its_findings_once_and_its_impression_once(report):
+    assert prepare_report(report) == ("The lungs are clear. No acute disease.",
+                                      ["The lungs are clear.", "No acute disease."])
+    sections = extract_sections(report)
+    assert sections["findings"] == "The lungs are clear." and sections["impression"] == "No acute disease."
+
+
+@pytest.mark.parametrize(
+    ("report", "text"),
+    [
+        # a metadata field inside a findings line covers its own sentence; the findings go on after it
+        ("FINDINGS: The lungs are clear. Date: XXXX. No pleural effusion.\nIMPRESSION: Normal chest.",
+         "The lungs are clear. No pleural effusion. Normal chest."),
+        ("FINDINGS: Heart size normal, Comparison: XXXX, XXXX. Lungs are clear.",
+         "Heart size normal, Lungs are clear."),
+        ("IMPRESSION: No acute disease. Exam date: XXXX", "No acute disease."),
+        ("IMPRESSION: No acute disease. EXAM: CHEST PA AND LATERAL", "No acute disease."),
+        ("IMPRESSION: No acute disease. Technique: PA and lateral views.", "No acute disease."),
+        ("IMPRESSION: No acute disease.\nIndication: XXXX-year-old with cough.", "No acute disease."),
+        ("Findings: Lungs clear.\nDATE/TIME: XXXX XXXXPM\nImpression: Normal chest.", "Lungs clear. Normal chest."),
+        ("FINDINGS: Exam: Chest 2 views. The heart is normal. No effusion.",
+         "The heart is normal. No effusion."),
+    ],
+)
+def test_header_metadata_never_becomes_a_training_sentence(report, text):
+    got, sentences = prepare_report(report)
+    assert got == text
+    for sentence in sentences:
+        lowered = sentence.lower()
+        assert not any(word in lowered for word in ("exam", "date", "comparison", "history", "indication",
+                                                    "technique", "reason for")), sentence

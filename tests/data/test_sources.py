@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from convirt_hf.data import sources
 from convirt_hf.data.records import RECORD_COLUMNS, RECORD_FEATURES, make_record
 from convirt_hf.data.reports import prepare_report
 from convirt_hf.data.skips import BadInputError
+from convirt_hf.data.sources import checks, generic, pipeline, registry, tables
 from convirt_hf.data.sources import detect_kind, load_pairs
 
 GOOD_REPORT = "FINDINGS: The heart is enlarged. There is a small left pleural effusion.\nIMPRESSION: Cardiomegaly."
@@ -121,7 +123,8 @@ def test_every_bad_input_is_skipped_and_counted_exactly(tmp_path):
     assert {reason: ids for reason, ids in ledger.skipped_ids.items()} == expected["skipped"]
     assert ledger.skipped == Counter({reason: len(ids) for reason, ids in expected["skipped"].items()})
     assert ledger.repaired == Counter(expected["repaired"])
-    assert ledger.summary(kept=len(dataset)).startswith("[manifest:pairs.csv] kept 6 rows; skipped 9 (")
+    assert ledger.summary(kept=len(dataset)).startswith(
+        "[manifest:pairs.csv] read 15 reports with 15 images; kept 6 images; skipped 9 images (")
 
     rows = {row["id"]: row for row in dataset}
     assert rows["good"]["text"] == "The heart is enlarged. There is a small left pleural effusion. Cardiomegaly."
@@ -187,9 +190,9 @@ def test_wrong_column_names_fail_before_anything_loads(tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("rows were read before the columns were checked")
 
-    monkeypatch.setattr(sources, "load_image", must_not_run)
-    monkeypatch.setattr(sources, "iter_table_rows", must_not_run)
-    monkeypatch.setattr(sources, "build_dataset", must_not_run)
+    monkeypatch.setattr(checks, "load_image", must_not_run)
+    monkeypatch.setattr(tables, "iter_table_rows", must_not_run)
+    monkeypatch.setattr(pipeline, "build_dataset", must_not_run)
     for kwargs, named in [({"text_column": "report"}, "text_column='report'"),
                           ({"image_column": "path"}, "image_column='path'"),
                           ({"label_columns": ["Edema", "text"]}, "label_columns='Edema'"),
@@ -492,7 +495,7 @@ def test_class_label_columns_give_class_names(tmp_path):
 
 def test_views_without_a_view_column_fail_early(tmp_path, monkeypatch):
     manifest, _ = bad_input_corpus(tmp_path)
-    monkeypatch.setattr(sources, "build_dataset", lambda *a, **k: pytest.fail("rows were read"))
+    monkeypatch.setattr(pipeline, "build_dataset", lambda *a, **k: pytest.fail("rows were read"))
     with pytest.raises(ValueError, match=r"views=\['PA'\] needs view_column="):
         load_pairs(manifest, views=["PA"])
 
@@ -551,7 +554,7 @@ def test_hub_dataset_config_name_data_dir_and_revision(tmp_path, monkeypatch):
 
 def test_a_mistyped_local_path_is_file_not_found_never_a_hub_lookup(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sources, "HubSource", lambda *a, **k: pytest.fail("treated as a Hub id"))
+    monkeypatch.setattr(generic, "HubSource", lambda *a, **k: pytest.fail("treated as a Hub id"))
     for mistyped in ("data/pairs.csv", "pairs.jsonl", "./data", "../elsewhere/pairs", "~/no-such-corpus",
                      "a/b/c", "/absolutely/not/here"):
         with pytest.raises(FileNotFoundError, match="no such file or folder") as raised:
@@ -613,10 +616,11 @@ def test_each_skip_is_logged_with_its_id_and_a_summary_line_ends_the_load(tmp_pa
         for row_id in ids:
             assert sum(f"skipped {row_id}: {reason}" in m for m in messages) == 1, (row_id, reason)
     assert sum("repaired deep: 16bit_to_8bit" in m for m in messages) == 1
-    summary = [m for m in messages if m.startswith("[manifest:pairs.csv] kept 6 rows; skipped 9")]
-    assert len(summary) == 1 and "repaired 4 (" in summary[0] and "report_cp1252=1" in summary[0]
+    summary = [m for m in messages if m.startswith(
+        "[manifest:pairs.csv] read 15 reports with 15 images; kept 6 images (6 reports); skipped 9 images")]
+    assert len(summary) == 1 and "repaired 4 images (" in summary[0] and "report_cp1252=1" in summary[0]
     assert messages.index(summary[0]) > max(i for i, m in enumerate(messages) if "skipped " in m and ": " in m
-                                            and not m.startswith("[manifest:pairs.csv] kept"))
+                                            and not m.startswith("[manifest:pairs.csv] read"))
     assert any("rows/s" in m for m in messages)  # the progress line: count and rate
 
 
@@ -636,3 +640,46 @@ def test_the_console_cap_is_configurable_and_every_id_is_still_recorded(tmp_path
     with caplog.at_level("INFO", logger="convirt_hf"):
         load_pairs(manifest, id_column="id", max_logged_per_reason=None)
     assert len([r for r in caplog.records if "skipped gone-" in r.getMessage()]) == 5
+
+
+# --- a new kind of source, added through the registry -----------------------------------------------------------
+
+
+@dataclass
+class IndexSource(sources.PairSource):
+    """A made-up layout: ``index.txt`` lists ``image<TAB>report file`` lines."""
+
+    root: Path
+    name: str = "index"
+
+    def iter_candidates(self, shard, num_shards, ledger):
+        for index, line in enumerate((self.root / "index.txt").read_text().splitlines()):
+            if sources.in_shard(index, shard, num_shards):
+                image, report = line.split("\t")
+                yield sources.Candidate(id=f"index-{index}", image=str(self.root / image),
+                                        report=(self.root / report).read_text())
+
+
+def test_a_registered_kind_is_detected_read_and_checked_like_the_built_in_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the new kind goes with the test
+    corpus = tmp_path / "corpus"
+    save(corpus / "a.png", noise())
+    (corpus / "a.txt").write_text(GOOD_REPORT)
+    (corpus / "index.txt").write_text("a.png\ta.txt\nabsent.png\ta.txt\n")
+
+    @sources.register_source("index", detect=lambda path, names: "index.txt" in names, looks_for="index.txt")
+    def build_index(source, *, split, columns, report_mode):
+        return IndexSource(Path(source))
+
+    assert sources.source_kinds()[-1] == "index" and detect_kind(corpus) == "index"
+    dataset, ledger = load_pairs(corpus, num_proc=2)
+    assert dataset["id"] == ["index-0"] and ledger.skipped == Counter({"missing_file": 1})
+    with pytest.raises(TypeError, match="'index' source: image_root .it takes no such options"):
+        load_pairs(corpus, image_root=tmp_path)
+    with pytest.raises(TypeError, match="image_column: not used by kind='index'"):
+        load_pairs(corpus, image_column="path")
+    with pytest.raises(ValueError, match="already registered"):
+        sources.register_source("index")(build_index)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ValueError, match=r"ecgen-radiology/, index.txt, metadata.jsonl/csv and data files"):
+        detect_kind(tmp_path / "other")

@@ -14,6 +14,9 @@ import pytest
 from PIL import Image
 
 from convirt_hf.data import synthetic
+from convirt_hf.data.synthetic import anatomy as synthetic_anatomy
+from convirt_hf.data.synthetic import corpus as synthetic_corpus
+from convirt_hf.data.synthetic import writing as synthetic_writing
 from convirt_hf.data.records import RECORD_COLUMNS
 from convirt_hf.data.reports import extract_sections, split_sentences
 from convirt_hf.data.synthetic import (
@@ -241,7 +244,7 @@ def every_template_sentence() -> set[str]:
                     for ribs in ([(r,) for r in range(1, 11)] + [(r, r + 1) for r in range(1, 10)]
                                  + [(r, r + 1, r + 2) for r in range(1, 9)] if name == "fracture" else [()]):
                         variants.append(Finding(name, side, severity, zone=zone, ribs=ribs))
-    sentences = [s for finding in variants for group in synthetic._positive_sentences(finding) for s in group]
+    sentences = [s for finding in variants for group in synthetic_writing._positive_sentences(finding) for s in group]
     sentences += [s for options in synthetic.NEGATIONS.values() for s in options]
     sentences += [*synthetic.CLEAR_LUNGS, *synthetic.NORMAL_BONES, *synthetic.NO_FINDING_IMPRESSIONS]
     for groups in (synthetic.DEVICE_SENTENCES, synthetic.VIEW_SENTENCES):
@@ -438,7 +441,7 @@ def test_every_heart_is_a_plausible_shape_in_the_lower_chest(severity):
     ratios = []
     for seed in range(300):
         anatomy = Anatomy.sample(np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2]))
-        geometry = synthetic._geometry(anatomy, findings, np.random.default_rng(seed))
+        geometry = synthetic_anatomy._geometry(anatomy, findings, np.random.default_rng(seed))
         hx, hy, a, b, tilt = geometry.heart
         ratios.append(min(a, b) / max(a, b))
         assert 0 < tilt <= anatomy.heart_tilt  # the apex points down and to the patient's left
@@ -461,7 +464,7 @@ def test_measured_cardiothoracic_ratio_is_in_the_severity_range(severity):
     for seed in range(3):
         anatomy = neutral_anatomy(seed)
         finding = Finding("cardiomegaly", None, severity)
-        drawn = heart_extents(synthetic._geometry(anatomy, [finding], np.random.default_rng(seed)).heart)[0]
+        drawn = heart_extents(synthetic_anatomy._geometry(anatomy, [finding], np.random.default_rng(seed)).heart)[0]
         image = render_radiograph([finding], np.random.default_rng(seed), SIZE, anatomy=anatomy)
         measured = cardiothoracic_ratio(image, anatomy)
         # within about a pixel and a half of the drawn ratio (one pixel is 0.014 of the thorax here)
@@ -567,7 +570,7 @@ def test_cache_is_reused_and_keyed_by_config(tmp_path, monkeypatch):
         raise AssertionError("the cached corpus should have been reused")
 
     with monkeypatch.context() as patch:
-        patch.setattr(synthetic, "generate_synthetic_corpus", no_generation)
+        patch.setattr(synthetic_corpus, "generate_synthetic_corpus", no_generation)
         assert ensure_synthetic_corpus(tmp_path, small_config()) == first
     other = ensure_synthetic_corpus(tmp_path, small_config(num_pretrain=24))
     assert other != first and len(load_synthetic_corpus(other)["pretrain"]) == 24
@@ -587,7 +590,7 @@ def test_a_saved_config_that_differs_is_regenerated(tmp_path):
 
 def test_interrupted_generation_leaves_no_corpus(tmp_path, monkeypatch):
     calls = {"count": 0}
-    real_generate_row = synthetic.generate_row
+    real_generate_row = synthetic_corpus.generate_row
 
     def failing_row(config, split, index):
         calls["count"] += 1
@@ -595,7 +598,7 @@ def test_interrupted_generation_leaves_no_corpus(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return real_generate_row(config, split, index)
 
-    monkeypatch.setattr(synthetic, "generate_row", failing_row)
+    monkeypatch.setattr(synthetic_corpus, "generate_row", failing_row)
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic_corpus(tmp_path, small_config(seed=3))
     assert list(tmp_path.iterdir()) == []

@@ -387,6 +387,20 @@ CASES = {
         case("size", "--size", "0", message="--size must be > 0"),
         case("split", "--split", "=test", message="--split '=test'"),
         case("split", "--split", "train", "train", message="--split names an output split twice"),
+        case("holdout", "--holdout", "validation=0", message="--holdout validation=0: the fraction must be in (0, 1)"),
+        case("holdout", "--holdout", "validation=1.5", message="the fraction must be in (0, 1)"),
+        case("holdout", "--holdout", "validation=nan", message="the fraction must be in (0, 1)"),
+        case("holdout", "--holdout", "train=0.1", message="--holdout train=0.1: 'train' is the rest"),
+        case("holdout", "--holdout", "validation=0.1", "validation=0.2",
+             message="--holdout names the split 'validation' twice"),
+        case("holdout", "--holdout", "validation=0.5", "test=0.5", message="--holdout fractions sum to 1.0"),
+        case("holdout", "--holdout", "validation", message="--holdout 'validation': expected NAME=FRACTION"),
+        case("holdout", "--holdout", "val/1=0.1", message="--holdout 'val/1': a split name is"),
+        case("holdout", "--holdout", "validation=0.1", "--split", "train",
+             message="--holdout cannot be combined with --split"),
+        case("seed", "--seed", "1", message="--seed only applies with --holdout"),
+        case("seed", "--holdout", "validation=0.1", "--seed", "-1", message="--seed must be >= 0"),
+        case("seed", "--seed", "one", message="argument --seed: invalid int value"),
         case("views", "--views", "PA", "", message="--views must be view names"),
         case("views", "--kind", "openi", "--source", "{empty}", "--views", "PA", message="--views: Open-i has no"),
         case("report_mode", "--report-mode", "everything", message="argument --report-mode: invalid choice"),
@@ -495,7 +509,7 @@ def workspace(tmp_path, monkeypatch) -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def tripwires(monkeypatch):
     """The first step of each script's work raises WorkStarted (patched where the scripts look each one up)."""
-    import convirt_hf.data.sources
+    import convirt_hf.data.sources.pipeline
     import convirt_hf.data.synthetic
     import convirt_hf.evaluation.chexpert
     import convirt_hf.evaluation.corpora
@@ -509,7 +523,7 @@ def tripwires(monkeypatch):
         (reproduce, "load_image_encoder"), (finetune, "Accelerator"), (reproduce, "pretrained_folders"),
         (convirt_hf.evaluation.chexpert, "build_chexpert_retrieval_set"),
         (convirt_hf.evaluation.zero_shot, "load_retrieval_set"), (push, "publish"),
-        (convirt_hf.data.sources, "build_dataset"), (preprocess, "resize_dataset"),
+        (convirt_hf.data.sources.pipeline, "build_dataset"), (preprocess, "resize_dataset"),
     ]
     for owner, name in steps:
         def started(*args, _step=f"{owner.__name__}.{name}", **kwargs):
