@@ -314,7 +314,7 @@ def bench_cpu_demo(args, work_dir: Path) -> dict:
     accelerator = Accelerator(cpu=True)
     threads, why = configure_cpu_threads(accelerator.device)
     text_tower = check_towers(model_args, data_args)
-    train_records, validation_records, _ = load_corpus(data_args, accelerator, train_args.seed)
+    train_records, validation_records, _, _ = load_corpus(data_args, accelerator, train_args.seed)
     tokenizer = prepare_tokenizer(model_args, data_args, text_tower, train_records, accelerator,
                                            work_dir / "split")
     processor, model = build_model(model_args, data_args, text_tower, tokenizer)

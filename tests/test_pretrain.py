@@ -281,3 +281,37 @@ def test_the_demo_preset_is_what_the_script_does_without_arguments():
     *demo, preset = parse_arguments(classes, ["--config", "demo"])
     assert preset.name == "demo.yaml"
     assert [dataclasses.asdict(a) for a in defaults] == [dataclasses.asdict(a) for a in demo]
+
+
+def test_the_automatic_validation_holdout_is_patient_level(tiny_corpus, tmp_path):
+    """A corpus without a validation split, 2-4 images per patient: no patient on both sides, the ids written out."""
+    from datasets import DatasetDict, load_from_disk
+
+    from convirt_hf.pretraining import DataArguments
+    from convirt_hf.pretraining.data import load_corpus
+
+    rows = load_from_disk(str(tiny_corpus))["pretrain"]
+    sizes = [2, 3, 4] * 20
+    owners = [f"patient-{group}" for group, size in enumerate(sizes) for _ in range(size)][:len(rows)]
+    shards = tmp_path / "shards"
+    DatasetDict(train=rows.remove_columns("patient_id").add_column("patient_id", owners)).save_to_disk(str(shards))
+
+    class MainProcess:  # what load_corpus asks of an Accelerator here
+        is_main_process = True
+
+    splits = {}
+    for seed in (0, 0, 3, 42):
+        data_args = DataArguments(dataset=str(shards), retrieval_set="none", validation_size=12)
+        train, validation, _, held_out = load_corpus(data_args, MainProcess(), seed)
+        assert not set(train["patient_id"]) & set(validation["patient_id"])
+        assert sorted(set(validation["patient_id"])) == held_out and len(train) + len(validation) == len(rows)
+        # about --validation_size, at most a tenth of the rows (6 here), within one patient's rows (at most 4)
+        assert abs(len(validation) - 6) <= 4
+        splits.setdefault(seed, []).append(held_out)
+    assert splits[0][0] == splits[0][1] and splits[0][0] != splits[3][0]  # deterministic for a seed
+
+    output_dir = tmp_path / "run"
+    pretrain.main(tiny_args(shards, output_dir, retrieval_set="none", max_steps=2, eval_steps=2, save_steps=2,
+                            validation_size=12, per_device_batch_size=2))
+    written = (output_dir / "validation_patients.txt").read_text().split()
+    assert written == splits[42][0]  # the run's own seed (42), one patient id per line

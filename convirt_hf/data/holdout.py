@@ -34,7 +34,8 @@ TRAIN_SPLIT = "train"
 # What `datasets` accepts as a split name (also a safe file name for "<split>_patients.txt").
 _SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$", re.ASCII)
 
-__all__ = ["TRAIN_SPLIT", "check_holdout", "held_out_patients", "parse_holdout", "patient_holdout"]
+__all__ = ["TRAIN_SPLIT", "check_holdout", "held_out_patients", "parse_holdout", "patient_holdout",
+           "warn_if_patients_shared"]
 
 
 def check_holdout(fractions: Mapping[str, float], flag: str = "--holdout") -> dict[str, float]:
@@ -158,3 +159,19 @@ def held_out_patients(patient_ids: Sequence[str | None], splits: Sequence[str]) 
             if patient not in (None, ""):
                 found.add(str(patient))
     return {split: sorted(found) for split, found in patients.items()}
+
+
+def warn_if_patients_shared(patient_ids_by_split: Mapping[str, Sequence[str | None]]) -> dict[str, int]:
+    """
+    The number of patients with rows in both splits of each pair (`"a/b" -> count`), logged as a warning where it is
+    not 0: results on such splits are leaked. Splits this package makes never share a patient; this checks the ones
+    it is given.
+    """
+    patients = {name: {str(pid) for pid in ids if pid not in (None, "")} for name, ids in patient_ids_by_split.items()}
+    names = list(patients)
+    shared = {f"{a}/{b}": len(patients[a] & patients[b]) for i, a in enumerate(names) for b in names[i + 1:]}
+    for pair, count in shared.items():
+        if count:
+            logger.warning("%d patients have images in both %s: results on these splits are leaked; make patient-level "
+                           "splits (python -m convirt_hf.data.preprocess ... --holdout validation=0.1)", count, pair)
+    return shared

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from convirt_hf.data.holdout import warn_if_patients_shared
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SYNTHETIC_CLASSIFICATION_SPLITS", "check_classification_splits", "classification_splits", "corpus_folder",
@@ -57,7 +59,10 @@ def classification_splits(folder: Path, names: dict[str, str | None] | None = No
     if missing:
         raise ValueError(f"{folder} has no split {missing} (splits: {list(corpus)}); name them with "
                          + ", ".join(f"--{role}_split" for role in missing))
-    return {role: corpus[split] for role, split in chosen.items()}
+    splits = {role: corpus[split] for role, split in chosen.items()}
+    warn_if_patients_shared({role: list(records["patient_id"]) if "patient_id" in records.column_names else []
+                             for role, records in splits.items()})
+    return splits
 
 
 def saved_splits(folder: str | Path) -> list[str] | None:

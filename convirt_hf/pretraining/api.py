@@ -26,6 +26,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 
+from convirt_hf.atomic import atomic_write_text
 from convirt_hf.checkpointing import latest_checkpoint, load_checkpoint
 from convirt_hf.cpu_threads import configure_cpu_threads
 from convirt_hf.frozen_text import FrozenTextFeatures
@@ -44,6 +45,8 @@ from .towers import build_model, check_towers, choose_text_pooling, prepare_toke
 logger = logging.getLogger("convirt_hf.pretrain")
 
 __all__ = ["build_accelerator", "pretrain"]
+
+VALIDATION_PATIENTS_FILE = "validation_patients.txt"
 
 
 def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments,
@@ -184,7 +187,9 @@ def per_device_share(global_batch_size: int, processes: int) -> int:
 
 def build_run(accelerator, model_args, data_args, args, output_dir: Path, text_tower) -> tuple[TrainingRun, dict]:
     """Corpus, tokenizer, model, loaders, optimizer and loss, prepared by accelerate (the order fixes the RNG draws)."""
-    train_records, validation_records, retrieval = load_corpus(data_args, accelerator, args.seed)
+    train_records, validation_records, retrieval, validation_patients = load_corpus(data_args, accelerator, args.seed)
+    if validation_patients is not None and accelerator.is_main_process:  # the split, for anyone to check and reuse
+        atomic_write_text(output_dir / VALIDATION_PATIENTS_FILE, "".join(f"{p}\n" for p in validation_patients))
     tokenizer = prepare_tokenizer(model_args, data_args, text_tower, train_records, accelerator, output_dir)
     processor, model = build_model(model_args, data_args, text_tower, tokenizer)
     pooling = None

@@ -14,6 +14,7 @@ from convirt_hf.data.collate import ConvirtCollator
 from convirt_hf.data.gpu_augment import BatchedAugmentation, BatchParams, DecodedImage, batch_seed
 from convirt_hf.data.pairs import EpochShuffleSampler, PairViews
 from convirt_hf.data.transforms import AUGMENTATION_PRESETS, ConvirtEvalTransform, ConvirtTrainTransform
+from convirt_hf.data.holdout import held_out_patients, patient_holdout, warn_if_patients_shared
 from convirt_hf.evaluation.zero_shot import load_retrieval_set
 from convirt_hf.frozen_text import FrozenTextFeatures
 
@@ -25,7 +26,13 @@ DEFAULT_TRAIN_SPLITS = ("train", "pretrain")  # preprocessed corpora, then the s
 
 
 def load_corpus(data_args: DataArguments, accelerator: Accelerator, seed: int):
-    """Returns (train records, validation records, retrieval set or None)."""
+    """
+    Returns (train records, validation records, retrieval set or None, held-out validation patients or None).
+
+    Without a validation split, about --validation_size rows (at most a tenth) are held out by patient
+    (`convirt_hf.data.holdout.patient_holdout`, seeded): no patient has images on both sides, so the validation loss,
+    the plateau schedule and the best model are chosen on patients the model never trained on.
+    """
     from datasets import load_from_disk
 
     from convirt_hf.data.synthetic import SyntheticCorpusConfig, ensure_synthetic_corpus
@@ -45,12 +52,16 @@ def load_corpus(data_args: DataArguments, accelerator: Accelerator, seed: int):
     if data_args.train_split not in corpus:
         raise ValueError(f"--train_split {data_args.train_split!r} is not in {corpus_dir} (splits: {list(corpus)})")
     train = corpus[data_args.train_split]
+    validation_patients = None
     if data_args.validation_split in corpus:
         validation = corpus[data_args.validation_split]
+        warn_if_patients_shared({data_args.train_split: patient_ids(train),
+                                 data_args.validation_split: patient_ids(validation)})
     else:
-        held_out = train.train_test_split(test_size=min(data_args.validation_size, len(train) // 10), seed=seed)
-        train, validation = held_out["train"], held_out["test"]
-        logger.info("no %r split: held out %d pairs for validation", data_args.validation_split, len(validation))
+        train, validation, validation_patients = hold_out_patients(
+            train, min(data_args.validation_size, len(train) // 10), seed)
+        logger.info("no %r split: held out %d pairs of %d patients for validation (patient-level)",
+                    data_args.validation_split, len(validation), len(validation_patients))
     if data_args.max_train_samples is not None:
         train = train.select(range(min(len(train), data_args.max_train_samples)))
 
@@ -58,7 +69,23 @@ def load_corpus(data_args: DataArguments, accelerator: Accelerator, seed: int):
     retrieval_source = data_args.retrieval_set or (str(corpus_dir) if data_args.dataset is None else None)
     if retrieval_source and retrieval_source != "none":
         retrieval = load_retrieval_set(retrieval_source)
-    return train, validation, retrieval
+    return train, validation, retrieval, validation_patients
+
+
+def patient_ids(records) -> list[str | None]:
+    return list(records["patient_id"]) if "patient_id" in records.column_names else [None] * len(records)
+
+
+def hold_out_patients(records, size: int, seed: int):
+    """About `size` rows of `records` held out by patient: (kept, held out, the held-out patient ids)."""
+    ids = patient_ids(records)
+    splits = patient_holdout(ids, {"validation": size / max(len(records), 1)}, seed)
+    kept = [row for row, split in enumerate(splits) if split != "validation"]
+    held = [row for row, split in enumerate(splits) if split == "validation"]
+    if not held or not kept:
+        raise ValueError(f"the training split's {len(records)} rows cannot spare a patient-level validation set of "
+                         f"about {size} rows: give the corpus a validation split")
+    return records.select(kept), records.select(held), held_out_patients(ids, splits).get("validation", [])
 
 
 def build_dataloaders(train_records, validation_records, processor, data_args, args):
