@@ -8,10 +8,12 @@ PYTEST_ARGS ?=
 # e.g. ACCELERATE_ARGS="--multi_gpu --num_processes 4"; empty uses `accelerate config` (or one process)
 ACCELERATE_ARGS ?=
 PRETRAIN_ARGS ?=
+# e.g. DEMO_ARGS="--model my-org/convirt-demo --gallery /data/pngs" (docs/demo.md)
+DEMO_ARGS ?=
 
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast lint pretrain clean-venv
+.PHONY: setup test test-fast lint pretrain demo browser clean-venv
 
 $(BIN)/.convirt-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +24,7 @@ $(BIN)/.convirt-installed: pyproject.toml
 
 setup: $(BIN)/.convirt-installed
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # everything but the end-to-end checks marked slow
@@ -32,6 +34,22 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# Headless Chromium and its driver for tests/test_demo_browser.py (the two Debian packages, installed together so that
+# their versions match). Without root or apt-get the browser test skips and says why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+		|| echo "make browser: apt-get could not install chromium chromium-driver:" \
+		        "tests/test_demo_browser.py will be skipped"; \
+	else \
+		echo "make browser: chromium/chromedriver missing and cannot be installed here (needs root and apt-get):" \
+		     "tests/test_demo_browser.py will be skipped; install the Debian packages chromium and chromium-driver"; \
+	fi
+
+demo: setup
+	$(BIN)/python -m convirt_hf.demo $(DEMO_ARGS)
 
 pretrain: setup
 	$(BIN)/accelerate launch $(ACCELERATE_ARGS) training/pretrain.py $(PRETRAIN_ARGS)

@@ -390,9 +390,10 @@ def check_publish_folder(folder: str | os.PathLike) -> Path:
 
 
 def push(folder: str | os.PathLike, repo_id: str, api=None, private: bool = False, revision: str | None = None,
-         dry_run: bool = False, token: str | None = None, commit_message: str = "Upload ConVIRT model") -> dict:
+         dry_run: bool = False, token: str | None = None, commit_message: str = "Upload ConVIRT model",
+         repo_type: str = "model") -> dict:
     r"""
-    Uploads a built folder to a Hub model repo in one commit.
+    Uploads a built folder to a Hub model repo (or the demo's Space repo) in one commit.
 
     Everything is checked first (the repo id, the revision, the folder, the token), then `create_repo` (exist_ok)
     runs once, `create_branch` once when `revision` names a branch other than main, and `upload_folder` once.
@@ -409,10 +410,12 @@ def push(folder: str | os.PathLike, repo_id: str, api=None, private: bool = Fals
         token (`str`, *optional*): a token; default the api's or the one `huggingface_hub` finds (`HF_TOKEN`,
             `hf auth login`). Never logged.
         commit_message (`str`, *optional*): the commit's message.
+        repo_type (`str`, *optional*, defaults to `"model"`): `"space"` uploads a folder built by
+            `convirt_hf.demo.space.build_space_folder` to a Gradio Space repo.
 
     Returns:
-        `dict` with `repo_id`, `revision`, `private`, `dry_run`, `folder`, `files` (`[path, bytes]` pairs) and
-        `commit_url` (None for a dry run).
+        `dict` with `repo_id`, `repo_type`, `revision`, `private`, `dry_run`, `folder`, `files` (`[path, bytes]`
+        pairs) and `commit_url` (None for a dry run).
 
     Raises:
         `ValueError` for a bad repo id, revision or folder; [`MissingTokenError`] (a `ValueError`) when no token is
@@ -420,12 +423,20 @@ def push(folder: str | os.PathLike, repo_id: str, api=None, private: bool = Fals
     """
     check_repo_id(repo_id)
     check_revision(revision)
-    folder = check_publish_folder(folder)
+    if repo_type not in ("model", "space"):
+        raise ValueError(f"repo_type must be 'model' or 'space', got {repo_type!r}")
+    if repo_type == "space":
+        from convirt_hf.demo.space import check_space_folder
+
+        folder = check_space_folder(folder)
+    else:
+        folder = check_publish_folder(folder)
     files = folder_files(folder)
     total = sum(size for _, size in files)
     branch = revision if revision not in (None, "main") else None
-    plan = {"repo_id": repo_id, "revision": revision or "main", "private": private, "dry_run": dry_run,
-            "folder": str(folder), "files": [[name, size] for name, size in files], "commit_url": None}
+    plan = {"repo_id": repo_id, "repo_type": repo_type, "revision": revision or "main", "private": private,
+            "dry_run": dry_run, "folder": str(folder), "files": [[name, size] for name, size in files],
+            "commit_url": None}
     if dry_run:
         logger.info("dry run: would upload %d files (%s) from %s to %s (%s%s)", len(files), format_size(total), folder,
                     repo_id, f"branch {branch}" if branch else "main", ", private" if private else "")
@@ -440,10 +451,12 @@ def push(folder: str | os.PathLike, repo_id: str, api=None, private: bool = Fals
         api = HfApi(token=token, library_name="convirt-hf")
     # An explicit token goes to each call; otherwise the api resolves its own, as huggingface_hub does.
     auth = {"token": token} if token else {}
-    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True, **auth)
+    # a Space repo is created with its SDK, which the Hub needs to build it
+    space = {"space_sdk": "gradio"} if repo_type == "space" else {}
+    api.create_repo(repo_id=repo_id, repo_type=repo_type, private=private, exist_ok=True, **space, **auth)
     if branch is not None:
-        api.create_branch(repo_id=repo_id, branch=branch, repo_type="model", exist_ok=True, **auth)
-    commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder), revision=branch,
+        api.create_branch(repo_id=repo_id, branch=branch, repo_type=repo_type, exist_ok=True, **auth)
+    commit = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=str(folder), revision=branch,
                                commit_message=commit_message, **auth)
     plan["commit_url"] = getattr(commit, "commit_url", None) or str(commit)
     logger.info("uploaded %d files (%s) to %s: %s", len(files), format_size(total), repo_id, plan["commit_url"])

@@ -8,10 +8,14 @@ as a timm model repo.
         --evaluation outputs/linear_probe.json outputs/retrieval.json --dry_run
     python training/push.py --model_dir outputs/convirt-demo --repo_id my-org/convirt-demo \\
         --timm_repo_id my-org/convirt-demo-resnet18 --evaluation outputs/linear_probe.json outputs/retrieval.json
+    python training/push.py --model_dir outputs/convirt-demo --repo_id my-org/convirt-demo \\
+        --space_repo_id my-org/convirt-demo     # also a Gradio Space with the demo page (docs/demo.md)
 
 Each repo is built as a folder first (`convirt_hf.hub.build_publish_folder`, `build_timm_folder`): safetensors
 weights, config with the auto_map, remote code, processor and tokenizer files, and a README.md model card with the
-evaluation results; then it is uploaded with one `create_repo` and one `upload_folder` call. `--dry_run` builds the
+evaluation results; then it is uploaded with one `create_repo` and one `upload_folder` call. `--space_repo_id` also
+builds a Space folder (`convirt_hf.demo.space.build_space_folder`: app.py, requirements.txt, card, a small gallery)
+that loads the model by its Hub id, and uploads it the same way as a Gradio Space. `--dry_run` builds the
 folders (into --build_dir, default `<model_dir>-hub`) and prints what would be uploaded without contacting the Hub.
 Without --build_dir a real push builds in a temporary folder that is removed afterwards. The token is checked before
 anything is built and is never printed.
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convirt_hf.cli import argument_errors, check_folder_path, configure_logging, parse_arguments, run_cli
+from convirt_hf.demo.space import build_space_folder
 from convirt_hf.hub import (
     build_publish_folder,
     build_timm_folder,
@@ -51,6 +56,8 @@ class PushArguments:
     repo_id: str = field(metadata={"help": "the model repo, namespace/name"})
     timm_repo_id: str | None = field(
         default=None, metadata={"help": "also publish the image encoder as a timm model in this repo"})
+    space_repo_id: str | None = field(
+        default=None, metadata={"help": "also publish the demo page as a Gradio Space in this repo (docs/demo.md)"})
     evaluation: list[str] = field(
         default_factory=list,
         metadata={"help": "evaluation results JSON files (training/linear_probe.py, finetune.py, retrieval.py, "
@@ -64,7 +71,7 @@ class PushArguments:
     revision: str | None = field(default=None, metadata={"help": "upload to this branch (created if absent)"})
     dry_run: bool = field(default=False, metadata={"help": "build the folders and list what would be uploaded"})
     build_dir: str | None = field(
-        default=None, metadata={"help": "where to build: <build_dir>/model and <build_dir>/timm (default: "
+        default=None, metadata={"help": "where to build: <build_dir>/model, /timm and /space (default: "
                                 "<model_dir>-hub for a dry run, a temporary folder otherwise)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an earlier build in --build_dir"})
     commit_message: str = "Upload ConVIRT model"
@@ -80,6 +87,9 @@ class PushArguments:
                 check_repo_id(self.timm_repo_id)
             if self.timm_repo_id == self.repo_id:
                 raise ValueError("--timm_repo_id must differ from --repo_id: a timm encoder needs a repo of its own")
+        if self.space_repo_id is not None:  # a Space may share its model's name: Spaces are another repo type
+            with argument_errors("space_repo_id"):
+                check_repo_id(self.space_repo_id)
         check_revision(self.revision)
         if self.license is not None and not LICENSE_PATTERN.match(self.license):
             raise ValueError(f"--license {self.license!r} is not a Hub license identifier (e.g. apache-2.0, mit, "
@@ -106,7 +116,8 @@ class PushArguments:
         name = "build_dir" if self.build_dir is not None else "build_dir (default <model_dir>-hub)"
         check_folder_path("build_dir", build_root)
         model_dir = Path(self.model_dir).expanduser().resolve()
-        for part in ("model", "timm") if self.timm_repo_id is not None else ("model",):
+        parts = ["model"] + ["timm"] * (self.timm_repo_id is not None) + ["space"] * (self.space_repo_id is not None)
+        for part in parts:
             folder = build_root / part
             # a rebuild replaces the folder as a whole: it must never be, or hold, the model folder itself
             if folder.resolve() == model_dir or folder.resolve() in model_dir.parents:
@@ -124,7 +135,8 @@ def default_build_dir(args: PushArguments) -> Path:
 
 def print_plan(result: dict) -> None:
     total = sum(size for _, size in result["files"])
-    where = f"{result['repo_id']} ({result['revision']}{', private' if result['private'] else ''})"
+    kind = "the Space " if result.get("repo_type") == "space" else ""
+    where = f"{kind}{result['repo_id']} ({result['revision']}{', private' if result['private'] else ''})"
     print(f"\n{'Would upload' if result['dry_run'] else 'Uploaded'} {len(result['files'])} files "
           f"({format_size(total)}) from {result['folder']} to {where}:")
     for name, size in result["files"]:
@@ -144,11 +156,18 @@ def publish(args: PushArguments, build_root: Path, api=None) -> dict:
                                         convirt_repo_id=args.repo_id, overwrite=args.overwrite, license=args.license)
     common = {"api": api, "private": args.private, "revision": args.revision, "dry_run": args.dry_run,
               "commit_message": args.commit_message}
-    results = {"model": push(model_folder, args.repo_id, **common), "timm": None}
+    space_folder = None
+    if args.space_repo_id is not None:
+        space_folder = build_space_folder(build_root / "space", args.repo_id, overwrite=args.overwrite,
+                                          license=args.license)
+    results = {"model": push(model_folder, args.repo_id, **common), "timm": None, "space": None}
     print_plan(results["model"])
     if timm_folder is not None:
         results["timm"] = push(timm_folder, args.timm_repo_id, **common)
         print_plan(results["timm"])
+    if space_folder is not None:  # after the model: the Space loads it by its Hub id
+        results["space"] = push(space_folder, args.space_repo_id, repo_type="space", **common)
+        print_plan(results["space"])
     return results
 
 

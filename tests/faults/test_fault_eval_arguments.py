@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from convirt_hf.cli import USER_ERRORS
 from convirt_hf.data import preprocess
 from convirt_hf.data.synthetic import TEXT_QUERIES
+from convirt_hf.demo import cli as demo
 from convirt_hf.hub import REMOTE_CODE_FILES
 from convirt_hf.training import finetune, linear_probe, push, reproduce, retrieval
 
@@ -99,6 +100,11 @@ SCRIPTS = {
         ("--model_dir", "{trained}", "--repo_id", "org/convirt-tiny", "--dry_run", "--build_dir", "{out}/build"),
         exempt={"private": "a flag: both values are valid", "dry_run": "a flag: both values are valid",
                 "overwrite": "a flag: both values are valid"},
+    ),
+    "demo": Script(
+        "demo", demo.main, dataclass_arguments(demo.DemoArguments),
+        ("--model", "{trained}", "--gallery", "{gallery}", "--cache_dir", "{out}/demo-cache"),
+        exempt={"share": "a flag: both values are valid"},
     ),
     "preprocess": Script(
         "preprocess", preprocess.main, argparse_arguments(preprocess.build_parser()),
@@ -362,8 +368,39 @@ CASES = {
         case("build_dir", "--build_dir", "{file}", "--overwrite", message="--build_dir {file} is a file"),
         case("build_dir", "--build_dir", "{tmp}/runs", "--overwrite",
              message="--build_dir {tmp}/runs: its model folder would contain the model folder"),
+        case("space_repo_id", "--space_repo_id", "org/convirt tiny demo",
+             message="--space_repo_id: 'org/convirt tiny demo' is not a valid Hub repo id"),
         case("commit_message", "--commit_message", "", message="--commit_message must not be empty"),
         case("commit_message", "--commit_message", "   ", message="--commit_message must not be empty"),
+    ],
+    "demo": [
+        case("model", message="--model: no model given and outputs/convirt-demo does not exist; make one with",
+             preset={"model": None}, label="the default, before make pretrain"),
+        case("model", "--model", "{missing}", message="--model {missing}: no such folder"),
+        case("model", "--model", "{empty}", message="--model: {empty} is not a ConVIRT model folder: it has no"),
+        case("model", "--model", "{bert}", message="--model: {bert} is not a ConVIRT model folder: its config.json "
+                                                   "has model_type 'bert'"),
+        case("model", "--model", "{convirt}", message="--model: {convirt} is not a complete ConVIRT model folder"),
+        case("model", "--model", "org/convirt--tiny", message="--model: 'org/convirt--tiny' is neither a folder nor"),
+        case("gallery", "--gallery", "{missing}", message="--gallery {missing}: no such folder"),
+        case("gallery", "--gallery", "{file}", message="--gallery {file}: no such folder (it is a file)"),
+        case("gallery", "--gallery", "{empty}", message="--gallery {empty} holds no images"),
+        case("gallery_split", "--gallery_split", "test", message="--gallery_split only applies when --gallery is a "
+                                                                 "saved corpus"),
+        case("gallery_split", "--gallery", "{retrieval_set}", "--gallery_split", "nope",
+             message="--gallery_split 'nope' is not a split of {retrieval_set}"),
+        case("cache_dir", "--cache_dir", "{file}", message="--cache_dir {file} is a file"),
+        case("host", "--host", "http://127.0.0.1", message="--host 'http://127.0.0.1' is not an address to listen"),
+        case("host", "--host", "", message="--host '' is not an address to listen on"),
+        case("port", "--port", "0", message="--port must be in 1..65535, got 0"),
+        case("port", "--port", "70000", message="--port must be in 1..65535, got 70000"),
+        case("top_k", "--top_k", "0", message="--top_k must be > 0"),
+        case("top_k", "--top_k", "51", message="--top_k must be at most 50"),
+        case("max_upload_mb", "--max_upload_mb", "0", message="--max_upload_mb must be > 0"),
+        case("max_upload_mb", "--max_upload_mb", NAN, message="--max_upload_mb must be > 0 (a finite number)"),
+        case("max_image_megapixels", "--max_image_megapixels=-1", message="--max_image_megapixels must be > 0"),
+        case("batch_size", "--batch_size", "0", message="--batch_size must be > 0"),
+        case("device", "--device", "gpu", message="--device 'gpu' is not a torch device"),
     ],
     "preprocess": [
         case("source", "--source", "{missing}.csv", message="--source {missing}.csv: no such file or folder"),
@@ -459,6 +496,7 @@ def build_workspace(root: Path) -> dict[str, str]:
     paths["finished_other"] = write_json(root / "finished-other" / "metrics.json", {"steps": 5}).parent
     write_json(paths["finished_other"] / "config.json", {"model_type": "convirt", "projection": "mlp"})
     write_json(paths["finished_other"] / "training_args.json", {"signature": {"max_steps": 5}})
+    paths["bert"] = write_json(root / "bert" / "config.json", {"model_type": "bert"}).parent
 
     # What training/pretrain.py writes and the Hub build checks: real safetensors, the rest as small as it can be.
     trained = root / "runs" / "model"  # named like a build's model/ folder, for the case that would replace it
@@ -477,6 +515,9 @@ def build_workspace(root: Path) -> dict[str, str]:
     from PIL import Image
 
     Image.new("L", (8, 8)).save(root / "image.png")
+    paths["gallery"] = root / "gallery"
+    paths["gallery"].mkdir()
+    Image.new("L", (8, 8)).save(paths["gallery"] / "film.png")
     manifest = root / "corpus.csv"
     manifest.write_text("id,image,text,split,view,finding,patient,study\n"
                         "a,image.png,FINDINGS: The heart is enlarged. IMPRESSION: Cardiomegaly.,train,PA,edema,p1,s1\n")
@@ -513,7 +554,7 @@ def tripwires(monkeypatch):
         (reproduce, "load_image_encoder"), (finetune, "Accelerator"), (reproduce, "pretrained_folders"),
         (convirt_hf.evaluation.chexpert, "build_chexpert_retrieval_set"),
         (convirt_hf.evaluation.zero_shot, "load_retrieval_set"), (push, "publish"),
-        (convirt_hf.data.sources.pipeline, "build_dataset"), (preprocess, "resize_dataset"),
+        (convirt_hf.data.sources.pipeline, "build_dataset"), (preprocess, "resize_dataset"), (demo, "serve"),
     ]
     for owner, name in steps:
         def started(*args, _step=f"{owner.__name__}.{name}", **kwargs):
