@@ -32,7 +32,7 @@ from demo_helpers import (
 from helpers import FakeHfApi
 from PIL import Image
 
-from convirt_hf.data.synthetic import SyntheticCorpusConfig, generate_synthetic_corpus
+from convirt_hf.data.synthetic import SyntheticCorpusConfig
 
 # gradio 6.31 calls pandas options that pandas 3 deprecates: not this project's warnings
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
@@ -53,26 +53,14 @@ def gradio_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return generate_synthetic_corpus(
-        tmp_path_factory.mktemp("corpus") / "synthetic",
-        SyntheticCorpusConfig(seed=0, image_size=48, num_pretrain=32, num_validation=16, num_cls_train=0,
-                              num_cls_val=0, num_cls_test=0, retrieval_candidates_per_category=3,
-                              retrieval_queries_per_category=1),
-    )
-
-
-@pytest.fixture(scope="module")
-def trained_dir(corpus, tmp_path_factory) -> Path:
+def trained_dir(tiny_corpus, tmp_path_factory) -> Path:
     """A real (tiny) training/pretrain.py output folder: the demo's model, and what push.py publishes."""
+    from helpers import tiny_args
+
     from convirt_hf.training import pretrain
 
     output_dir = tmp_path_factory.mktemp("run") / "convirt-tiny"
-    values = {"dataset": corpus, "retrieval_set": corpus, "output_dir": output_dir, "image_model_name": "test_resnet",
-              "text_layers": 1, "text_hidden_size": 32, "text_vocab_size": 300, "projection_dim": 16,
-              "image_size": 32, "per_device_batch_size": 8, "max_steps": 2, "eval_steps": 2, "save_steps": 2,
-              "logging_steps": 1, "report_to": "none", "max_length": 32}
-    pretrain.main([item for key, value in values.items() for item in (f"--{key}", str(value))])
+    pretrain.main(tiny_args(tiny_corpus, output_dir, projection_dim=16, max_steps=2, eval_steps=2, save_steps=2))
     return output_dir
 
 
@@ -280,12 +268,13 @@ def test_gallery_embeddings_are_cached_per_model_and_gallery_content(app, galler
     assert not rebuilt.from_cache and rebuilt.cache_path != index.cache_path
 
 
-def test_a_saved_corpus_split_is_a_gallery_and_the_default_is_the_synthetic_retrieval_set(corpus, tmp_path,
+def test_a_saved_corpus_split_is_a_gallery_and_the_default_is_the_synthetic_retrieval_set(tiny_corpus, tmp_path,
                                                                                          monkeypatch):
+    corpus = tiny_corpus
     from convirt_hf.demo import gallery
 
     split = gallery.open_gallery(corpus)
-    assert isinstance(split, gallery.DatasetGallery) and len(split) == 24
+    assert isinstance(split, gallery.DatasetGallery) and len(split) == 48  # 6 candidates of each of 8 categories
     assert set(split.captions) == set(json.loads((corpus / "text_queries.json").read_text()))
     assert Image.open(__import__("io").BytesIO(split.raw(0))).size == (48, 48)
 
