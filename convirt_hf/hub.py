@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from convirt_hf.atomic import swap_in_folder
+from convirt_hf.hub_errors import hub_errors
 
 logger = logging.getLogger(__name__)
 
@@ -415,11 +416,13 @@ def push(folder: str | os.PathLike, repo_id: str, api=None, private: bool = Fals
 
     Returns:
         `dict` with `repo_id`, `repo_type`, `revision`, `private`, `dry_run`, `folder`, `files` (`[path, bytes]`
-        pairs) and `commit_url` (None for a dry run).
+        pairs), `commit_url` and `commit` (the commit's id; None for a dry run), and `changed` (False when the repo
+        already held exactly these files: the Hub then makes no commit and `commit` is the one already there).
 
     Raises:
         `ValueError` for a bad repo id, revision or folder; [`MissingTokenError`] (a `ValueError`) when no token is
-        available.
+        available; [`~convirt_hf.hub_errors.PublishError`] when the Hub rejects the token, the token may not write
+        there, or the Hub cannot be reached (one line, never the token).
     """
     check_repo_id(repo_id)
     check_revision(revision)
@@ -453,13 +456,21 @@ def push(folder: str | os.PathLike, repo_id: str, api=None, private: bool = Fals
     auth = {"token": token} if token else {}
     # a Space repo is created with its SDK, which the Hub needs to build it
     space = {"space_sdk": "gradio"} if repo_type == "space" else {}
-    api.create_repo(repo_id=repo_id, repo_type=repo_type, private=private, exist_ok=True, **space, **auth)
-    if branch is not None:
-        api.create_branch(repo_id=repo_id, branch=branch, repo_type=repo_type, exist_ok=True, **auth)
-    commit = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=str(folder), revision=branch,
-                               commit_message=commit_message, **auth)
+    with hub_errors(repo_id, token):
+        api.create_repo(repo_id=repo_id, repo_type=repo_type, private=private, exist_ok=True, **space, **auth)
+        if branch is not None:
+            api.create_branch(repo_id=repo_id, branch=branch, repo_type=repo_type, exist_ok=True, **auth)
+        head = api.repo_info(repo_id=repo_id, repo_type=repo_type, revision=branch, **auth).sha
+        commit = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=str(folder), revision=branch,
+                                   commit_message=commit_message, **auth)
     plan["commit_url"] = getattr(commit, "commit_url", None) or str(commit)
-    logger.info("uploaded %d files (%s) to %s: %s", len(files), format_size(total), repo_id, plan["commit_url"])
+    plan["commit"] = getattr(commit, "oid", None)
+    # the Hub skips a commit that would change nothing and answers with the commit already there
+    plan["changed"] = plan["commit"] is None or plan["commit"] != head
+    if plan["changed"]:
+        logger.info("uploaded %d files (%s) to %s: %s", len(files), format_size(total), repo_id, plan["commit_url"])
+    else:
+        logger.info("nothing changed: %s already holds these %d files at commit %s", repo_id, len(files), head)
     return plan
 
 

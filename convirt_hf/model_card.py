@@ -53,6 +53,14 @@ SUMMARY_KEYS = ("model", "data", "task", "protocol", "fraction", "metric", "head
 VALUE_DIGITS = 4
 
 
+def hub_url(repo_id: str, repo_type: str = "model") -> str:
+    """A repo's page on the Hub the upload goes to (`HF_ENDPOINT`, e.g. a self-hosted Hub; huggingface.co by default)."""
+    from huggingface_hub import constants
+
+    prefix = {"model": "", "space": "spaces/", "dataset": "datasets/"}[repo_type]
+    return f"{constants.ENDPOINT.rstrip('/')}/{prefix}{repo_id}"
+
+
 def template_path(name: str = TEMPLATE) -> Path:
     return Path(str(importlib.resources.files("convirt_hf.model_cards") / name))
 
@@ -407,7 +415,7 @@ def text_tower_origin(config, text_tower: dict) -> str:
     source = text_tower.get("source") or config.text_tower_source or "random initialisation"
     if text_tower.get("spec") == "scratch":
         return "random initialisation: trained from scratch with a vocabulary learned from the training reports"
-    origin = f"[{source}](https://huggingface.co/{source})" if source.count("/") == 1 and not Path(source).exists() \
+    origin = f"[{source}]({hub_url(source)})" if source.count("/") == 1 and not Path(source).exists() \
         else f"`{source}`"
     details = []
     if text_tower.get("license"):
@@ -525,6 +533,7 @@ def build_model_card(output_dir: str | os.PathLike, config, arguments: dict, met
         model_name=model_name,
         repo_id=repo_id or f"<your-org>/{model_name}",
         timm_repo_id=timm_repo_id,
+        timm_repo_url=hub_url(timm_repo_id) if timm_repo_id else None,
         paper_url=PAPER_URL,
         image_model_name=config.image_model_name,
         text_layers=config.text_config.num_hidden_layers,
@@ -590,6 +599,7 @@ def write_timm_model_card(output_dir: str | os.PathLike, config, repo_id: str | 
         model_name=model_name,
         repo_id=repo_id or f"<your-org>/{model_name}",
         convirt_repo_id=convirt_repo_id,
+        convirt_repo_url=hub_url(convirt_repo_id) if convirt_repo_id else None,
         paper_url=PAPER_URL,
         image_model_name=config.image_model_name,
         image_size=config.image_size,

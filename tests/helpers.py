@@ -110,6 +110,7 @@ class FakeHfApi:
         self.remote_root = Path(remote_root)
         self.token = token
         self.calls: list[tuple[str, dict]] = []
+        self.heads: dict[tuple[str, str | None], str] = {}  # (repo, revision) -> the last commit's id
 
     def create_repo(self, **kwargs):
         self.calls.append(("create_repo", kwargs))
@@ -118,16 +119,29 @@ class FakeHfApi:
     def create_branch(self, **kwargs):
         self.calls.append(("create_branch", kwargs))
 
+    def repo_info(self, **kwargs):
+        from types import SimpleNamespace
+
+        self.calls.append(("repo_info", kwargs))
+        return SimpleNamespace(sha=self.heads.get((kwargs["repo_id"], kwargs.get("revision")), "initial0"))
+
     def upload_folder(self, **kwargs):
+        import hashlib
         import shutil
         from types import SimpleNamespace
 
         self.calls.append(("upload_folder", kwargs))
-        self.remote(kwargs["repo_id"], kwargs.get("revision")).parent.mkdir(parents=True, exist_ok=True)
+        remote = self.remote(kwargs["repo_id"], kwargs.get("revision"))
+        remote.parent.mkdir(parents=True, exist_ok=True)
         # a second upload to the same repo lands on top of the first, as a new commit would
-        shutil.copytree(kwargs["folder_path"], self.remote(kwargs["repo_id"], kwargs.get("revision")),
-                        dirs_exist_ok=True)
-        return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/0123abcd")
+        shutil.copytree(kwargs["folder_path"], remote, dirs_exist_ok=True)
+        content = hashlib.sha256()
+        for path in sorted(p for p in remote.rglob("*") if p.is_file()):
+            content.update(str(path.relative_to(remote)).encode() + b"\0" + path.read_bytes())
+        head_key = (kwargs["repo_id"], kwargs.get("revision"))
+        # as the Hub does: an upload that changes nothing makes no commit and answers with the head
+        self.heads[head_key] = oid = content.hexdigest()[:12]
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/{oid}", oid=oid)
 
     def remote(self, repo_id: str, revision: str | None = None) -> Path:
         return self.remote_root / repo_id.replace("/", "__") / (revision or "main")

@@ -495,7 +495,7 @@ def test_push_uploads_the_space_through_the_same_api(trained_dir, tmp_path, monk
     result = push_cli.main(["--model_dir", str(trained_dir), "--repo_id", REPO, "--space_repo_id", SPACE,
                             "--build_dir", str(tmp_path / "build")], api=api)
 
-    assert api.names() == ["create_repo", "upload_folder", "create_repo", "upload_folder"]
+    assert api.names() == ["create_repo", "repo_info", "upload_folder", "create_repo", "repo_info", "upload_folder"]
     space_calls = [kwargs for _, kwargs in api.calls if kwargs["repo_id"] == SPACE]
     assert space_calls[0]["repo_type"] == "space" and space_calls[0]["space_sdk"] == "gradio"
     assert space_calls[1]["repo_type"] == "space"

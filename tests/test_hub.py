@@ -179,8 +179,8 @@ def test_push_makes_one_create_repo_and_one_upload_per_repo_with_the_expected_fi
                             "--evaluation", str(evaluation_files["linear_probe"]), str(evaluation_files["retrieval"]),
                             "--build_dir", str(tmp_path / "build")], api=api)
 
-    assert api.names() == ["create_repo", "upload_folder", "create_repo", "upload_folder"]
-    assert [kwargs["repo_id"] for _, kwargs in api.calls] == [REPO, REPO, TIMM_REPO, TIMM_REPO]
+    assert api.names() == ["create_repo", "repo_info", "upload_folder", "create_repo", "repo_info", "upload_folder"]
+    assert [kwargs["repo_id"] for _, kwargs in api.calls] == [REPO] * 3 + [TIMM_REPO] * 3
     assert all(kwargs["exist_ok"] and kwargs["private"] is False for name, kwargs in api.calls if name == "create_repo")
     assert all(kwargs["revision"] is None for name, kwargs in api.calls if name == "upload_folder")
     model_repo, timm_repo = api.remote(REPO), api.remote(TIMM_REPO)
@@ -203,7 +203,7 @@ def test_private_and_revision_create_the_branch_and_upload_to_it(trained_dir, tm
     api = FakeHfApi(tmp_path / "remote")
     push_cli.main(["--model_dir", str(trained_dir), "--repo_id", REPO, "--private", "--revision", "experiment-1"],
                   api=api)
-    assert api.names() == ["create_repo", "create_branch", "upload_folder"]
+    assert api.names() == ["create_repo", "create_branch", "repo_info", "upload_folder"]
     assert api.calls[0][1]["private"] is True
     assert api.calls[1][1]["branch"] == "experiment-1"
     assert api.calls[2][1]["revision"] == "experiment-1"
@@ -235,9 +235,9 @@ def test_dry_run_builds_and_lists_files_without_calling_the_api(trained_dir, tmp
 def test_push_folder_keeps_working_for_pretrain(trained_dir, tmp_path, token, no_network):
     api = FakeHfApi(tmp_path / "remote")
     url = hub.push_folder(trained_dir, REPO, api=api)
-    assert api.names() == ["create_repo", "upload_folder"] and url.startswith("https://huggingface.co/")
+    assert api.names() == ["create_repo", "repo_info", "upload_folder"] and url.startswith("https://huggingface.co/")
     assert {path.name for path in api.remote(REPO).iterdir()} == MODEL_FILES
-    assert not Path(api.calls[1][1]["folder_path"]).exists()  # built in a temporary folder, removed afterwards
+    assert not Path(api.calls[2][1]["folder_path"]).exists()  # built in a temporary folder, removed afterwards
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ def test_planted_token_never_appears_in_logs_output_or_files(trained_dir, evalua
         push_cli.main([*arguments, "--dry_run", "--build_dir", str(tmp_path / "dry")], api=api)
         push_cli.main([*arguments, "--build_dir", str(tmp_path / "build")], api=api)
         hub.push(tmp_path / "build" / "model", REPO, api=api, token=PLANTED_TOKEN)  # an explicit token too
-    assert len(api.calls) == 6
+    assert len(api.calls) == 9  # create_repo, repo_info and upload_folder, for 3 uploads
     captured = capsys.readouterr()
     for text in (caplog.text, captured.out, captured.err):
         assert PLANTED_TOKEN not in text
@@ -514,3 +514,77 @@ def test_build_completes_an_incomplete_auto_map_in_the_copy_only(trained_dir, tm
     assert json.loads((built / "config.json").read_text())["auto_map"] == hub.REQUIRED_AUTO_MAP
     assert json.loads((built / "processor_config.json").read_text())["auto_map"] == hub.PROCESSOR_AUTO_MAP
     assert json.loads((source / "config.json").read_text())["auto_map"] == config["auto_map"]  # source untouched
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Publishing as a user sees it: an unchanged push, failures of the Hub, a self-hosted endpoint
+
+
+def test_an_unchanged_second_push_says_nothing_changed_and_names_the_commit(trained_dir, tmp_path, token, no_network,
+                                                                            capsys):
+    api = FakeHfApi(tmp_path / "remote")
+    argv = ["--model_dir", str(trained_dir), "--repo_id", REPO, "--build_dir", str(tmp_path / "build"), "--overwrite"]
+    first = push_cli.main(argv, api=api)["model"]
+    assert first["changed"] and "Uploaded" in capsys.readouterr().out
+    second = push_cli.main(argv, api=api)["model"]
+    output = capsys.readouterr().out
+    assert not second["changed"] and second["commit"] == first["commit"]
+    assert f"Nothing changed: {REPO} (main) already holds these" in output and first["commit"] in output
+    assert "Uploaded" not in output
+
+
+class RefusingHfApi(FakeHfApi):
+    """A fake Hub that fails the upload the way huggingface_hub does."""
+
+    def __init__(self, remote_root, error):
+        super().__init__(remote_root)
+        self.error = error
+
+    def create_repo(self, **kwargs):
+        raise self.error
+
+
+def http_error(status: int, token: str):
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    request = httpx2.Request("POST", "https://huggingface.co/api/repos/create",
+                             headers={"authorization": f"Bearer {token}"})
+    response = httpx2.Response(status, request=request, text="Invalid credentials in Authorization header")
+    return HfHubHTTPError(f"{status} Client Error for url: https://huggingface.co/api/repos/create\n"
+                          f"Invalid credentials (Request ID: Root=1-abc)", response=response)
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    (401, r"The Hub at \S+ rejected the token \(401 Unauthorized\) for org/convirt-tiny: set HF_TOKEN or run "
+          r"`hf auth login`"),
+    (403, r"The token may not write to org/convirt-tiny on \S+ \(403 Forbidden\)"),
+    (None, r"Could not reach the Hub at \S+ to upload org/convirt-tiny \(ConnectionError: \[Errno 111\] "
+           r"Connection refused\): check the network, or HF_ENDPOINT"),
+])
+def test_a_failed_upload_ends_with_one_clear_line_and_never_the_token(trained_dir, tmp_path, token, no_network,
+                                                                      monkeypatch, caplog, capsys, status, expected):
+    error = http_error(status, token) if status else ConnectionError("[Errno 111] Connection refused")
+    api = RefusingHfApi(tmp_path / "remote", error)
+    monkeypatch.setattr(sys, "argv", ["push.py", "--model_dir", str(trained_dir), "--repo_id", REPO, "--build_dir",
+                                      str(tmp_path / "build")])
+    monkeypatch.setattr(push_cli, "main", lambda argv=None, _main=push_cli.main: _main(argv, api=api))
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
+        push_cli.cli()
+    assert exit_info.value.code == 1
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and re.search(expected, errors[0]), errors
+    assert "\n" not in errors[0] and "Traceback" not in capsys.readouterr().err
+    assert token not in errors[0] + caplog.text
+
+
+def test_card_links_use_the_endpoint_of_the_upload(trained_dir, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.example.org")
+    folder = hub.build_publish_folder(trained_dir, tmp_path / "model", REPO, timm_repo_id=TIMM_REPO)
+    card = (folder / "README.md").read_text()
+    assert f"https://hub.example.org/{TIMM_REPO}" in card
+    assert "huggingface.co" not in card.split("---", 2)[2]
+    # the feature-extraction pipeline returns the model's L2-normalised embeddings: the card says so
+    assert "L2-normalised" in card[card.index('pipeline("image-feature-extraction"') - 400:]

@@ -25,6 +25,7 @@ from accelerate import PartialState
 
 from convirt_hf.checkpointing import CheckpointReadError, CheckpointWriteError
 from convirt_hf.cli import configure_logging, parse_arguments, run_cli
+from convirt_hf.hub_errors import PublishError
 from convirt_hf.pretraining import (
     DataArguments,
     ModelArguments,
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def cli() -> None:
     run_cli(main, "convirt_hf.pretrain",
-            (NonFiniteTrainingError, CheckpointWriteError, CheckpointReadError, ProcessGroupError))
+            (NonFiniteTrainingError, CheckpointWriteError, CheckpointReadError, ProcessGroupError, PublishError))
 
 
 if __name__ == "__main__":

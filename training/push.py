@@ -31,6 +31,7 @@ from pathlib import Path
 
 from convirt_hf.cli import argument_errors, check_folder_path, configure_logging, parse_arguments, run_cli
 from convirt_hf.demo.space import build_space_folder
+from convirt_hf.hub_errors import PublishError
 from convirt_hf.hub import (
     build_publish_folder,
     build_timm_folder,
@@ -137,6 +138,10 @@ def print_plan(result: dict) -> None:
     total = sum(size for _, size in result["files"])
     kind = "the Space " if result.get("repo_type") == "space" else ""
     where = f"{kind}{result['repo_id']} ({result['revision']}{', private' if result['private'] else ''})"
+    if not result["dry_run"] and not result.get("changed", True):
+        print(f"\nNothing changed: {where} already holds these {len(result['files'])} files "
+              f"({format_size(total)}) at commit {result.get('commit')} ({result['commit_url']}); nothing was uploaded.")
+        return
     print(f"\n{'Would upload' if result['dry_run'] else 'Uploaded'} {len(result['files'])} files "
           f"({format_size(total)}) from {result['folder']} to {where}:")
     for name, size in result["files"]:
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None, api=None) -> dict:
 
 
 def cli() -> None:
-    run_cli(main, "convirt_hf.push")
+    run_cli(main, "convirt_hf.push", (PublishError,))
 
 
 if __name__ == "__main__":

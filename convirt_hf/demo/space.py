@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from convirt_hf.model_card import hub_url
+
 from .gallery import render_synthetic_gallery
 
 logger = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ if __name__ == "__main__":
 CARD_TEMPLATE = """
 # ConVIRT demo: {repo_id}
 
-The demo page of the ConVIRT model [{repo_id}](https://huggingface.co/{repo_id}), an image encoder and a text encoder
+The demo page of the ConVIRT model [{repo_id}]({repo_url}), an image encoder and a text encoder
 pretrained so that a radiograph and the sentences of its report land close together
 ([Zhang et al.](https://arxiv.org/abs/2010.00747)). Three tabs:
 
@@ -151,7 +153,8 @@ def build_space_folder(out_dir: str | os.PathLike, repo_id: str, *, per_category
         count = len(list(gallery.glob("*.png")))
         metadata = yaml.safe_dump(space_card_metadata(repo_id, license or "apache-2.0"), sort_keys=False,
                                   allow_unicode=True)
-        card = CARD_TEMPLATE.format(repo_id=repo_id, count=count, per_category=per_category, version=__version__)
+        card = CARD_TEMPLATE.format(repo_id=repo_id, repo_url=hub_url(repo_id), count=count, per_category=per_category,
+                                    version=__version__)
         (partial / "README.md").write_text(f"---\n{metadata}---\n{card}")
         if out_dir.exists():
             shutil.rmtree(out_dir)
