@@ -39,7 +39,9 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -296,89 +298,123 @@ def _timed(device: torch.device, phase: str, totals: dict, started: float) -> fl
     return now
 
 
-def bench_cpu_demo(args, work_dir: Path) -> dict:
-    """The default run's step, phase by phase: the same components as training/pretrain.py, timed one at a time."""
-    import torch.nn.functional as F
-    from accelerate import Accelerator
+# a NamedTuple, not a dataclass: the test loads this file with importlib without registering it in sys.modules,
+# where a dataclass's string annotations cannot be resolved
+class _CpuDemoStep(NamedTuple):
+    """The default run's training-step components, built as training/pretrain.py builds them."""
 
-    from convirt_hf.cpu_threads import configure_cpu_threads
+    model: Any
+    loader: Any
+    optimizer: Any
+    loss_fn: Any
+    augment: Any  # DeviceAugmentation or None
+    text_features: Any  # FrozenTextFeatures or None
+    device: torch.device
+
+
+def _build_cpu_demo_step(model_args, data_args, train_args, accelerator, work_dir: Path) -> _CpuDemoStep:
     from convirt_hf.frozen_text import FrozenTextFeatures
     from convirt_hf.losses import ConvirtLoss
-    from convirt_hf.pretraining import pretrain
     from convirt_hf.pretraining.api import build_optimizer
     from convirt_hf.pretraining.data import DeviceAugmentation, build_dataloaders, load_corpus
     from convirt_hf.pretraining.towers import build_model, check_towers, choose_text_pooling, prepare_tokenizer
+
+    text_tower = check_towers(model_args, data_args)
+    train_records, validation_records, _, _ = load_corpus(data_args, accelerator, train_args.seed)
+    tokenizer = prepare_tokenizer(model_args, data_args, text_tower, train_records, accelerator, work_dir)
+    processor, model = build_model(model_args, data_args, text_tower, tokenizer)
+    if text_tower is not None:
+        choose_text_pooling(model, tokenizer, model_args, data_args, train_records, accelerator)
+    loader, _, _ = build_dataloaders(train_records, validation_records, processor, data_args, train_args)
+    optimizer = build_optimizer(model, train_args)
+    loss_fn = ConvirtLoss(tau=model_args.tau, loss_lambda=model_args.loss_lambda)
+    augment = DeviceAugmentation(data_args, train_args, accelerator) if data_args.gpu_augmentation else None
+    text_features = FrozenTextFeatures(model) if model.config.text_tower_frozen else None
+    return _CpuDemoStep(model, loader, optimizer, loss_fn, augment, text_features, accelerator.device)
+
+
+def _time_cpu_demo_phases(parts: _CpuDemoStep, warmup: int, steps: int) -> dict[str, float]:
+    """Seconds per step of each phase, over `steps` steps after `warmup` ones."""
+    parts.model.train()
+    totals: dict[str, float] = {}
+    steps_timed = 0
+    batches = iter(parts.loader)
+    for step in range(warmup + steps):
+        if step == warmup:
+            totals, steps_timed = {}, 0
+        _timed_cpu_demo_step(parts, batches, step, totals)
+        steps_timed += 1
+    return {phase: seconds / steps_timed for phase, seconds in totals.items()}
+
+
+def _timed_cpu_demo_step(parts: _CpuDemoStep, batches: Iterator[dict], step: int, totals: dict[str, float]) -> None:
+    """One training step on the next batch of `batches`, each phase's seconds added to `totals` (data: from asking
+    the loader for the batch to the augmented batch on the device)."""
+    import torch.nn.functional as F
+
+    model, device = parts.model, parts.device
+    started = time.perf_counter()
+    batch = next(batches)
+    batch.pop("id", None)
+    batch = {key: value.to(device) for key, value in batch.items()}
+    if parts.augment is not None:
+        batch = parts.augment(batch, epoch=0, batch_index=step)
+    started = _timed(device, "data", totals, started)
+    if parts.text_features is not None:
+        text_pooled = parts.text_features(batch["input_ids"], batch["attention_mask"])
+    else:
+        text_pooled = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    text_embeds = F.normalize(model.text_projection(text_pooled), dim=-1)
+    started = _timed(device, "text side", totals, started)
+    image_embeds = F.normalize(model.image_projection(model.image_encoder(batch["pixel_values"])), dim=-1)
+    started = _timed(device, "image tower", totals, started)
+    image_leaf = image_embeds.detach().requires_grad_()
+    text_leaf = text_embeds.detach().requires_grad_()
+    loss = parts.loss_fn(image_leaf, text_leaf)
+    loss.backward()
+    started = _timed(device, "loss", totals, started)
+    image_embeds.backward(image_leaf.grad)
+    started = _timed(device, "image tower", totals, started)
+    text_embeds.backward(text_leaf.grad)
+    started = _timed(device, "text side", totals, started)
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    _timed(device, "optimizer", totals, started)
+
+
+def _cpu_demo_loop_seconds(args, output_dir: Path, batch_size: int) -> float:
+    """training/pretrain.py with the same defaults: its median seconds per step after the warm-up, from its log."""
+    from convirt_hf.pretraining import pretrain
+
+    total = args.warmup + args.steps
+    pretrain(*pretraining_arguments({"output_dir": str(output_dir), "cache_dir": args.cache_dir, "max_steps": total,
+                                     "logging_steps": 5, "eval_steps": total, "save_steps": total,
+                                     "report_to": "none", "retrieval_set": "none"}, args.pretrain_args))
+    windows = sorted(batch_size / rate for rate in logged_windows(output_dir, args.warmup))
+    return windows[len(windows) // 2]
+
+
+def bench_cpu_demo(args, work_dir: Path) -> dict:
+    """The default run's step, phase by phase: the same components as training/pretrain.py, timed one at a time."""
+    from accelerate import Accelerator
+
+    from convirt_hf.cpu_threads import configure_cpu_threads
 
     model_args, data_args, train_args = pretraining_arguments(
         {"output_dir": str(work_dir / "split"), "cache_dir": args.cache_dir}, args.pretrain_args)
     accelerator = Accelerator(cpu=True)
     threads, why = configure_cpu_threads(accelerator.device)
-    text_tower = check_towers(model_args, data_args)
-    train_records, validation_records, _, _ = load_corpus(data_args, accelerator, train_args.seed)
-    tokenizer = prepare_tokenizer(model_args, data_args, text_tower, train_records, accelerator,
-                                           work_dir / "split")
-    processor, model = build_model(model_args, data_args, text_tower, tokenizer)
-    if text_tower is not None:
-        choose_text_pooling(model, tokenizer, model_args, data_args, train_records, accelerator)
-    loader, sampler, _ = build_dataloaders(train_records, validation_records, processor, data_args,
-                                                    train_args)
-    optimizer = build_optimizer(model, train_args)
-    loss_fn = ConvirtLoss(tau=model_args.tau, loss_lambda=model_args.loss_lambda)
-    augment = DeviceAugmentation(data_args, train_args, accelerator) if data_args.gpu_augmentation else None
-    text_features = FrozenTextFeatures(model) if model.config.text_tower_frozen else None
-    model.train()
-    device = accelerator.device
-    totals: dict[str, float] = {}
-    steps_timed = 0
-    batches = iter(loader)
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            totals, steps_timed = {}, 0
-        started = time.perf_counter()
-        batch = next(batches)
-        batch.pop("id", None)
-        batch = {key: value.to(device) for key, value in batch.items()}
-        if augment is not None:
-            batch = augment(batch, epoch=0, batch_index=step)
-        started = _timed(device, "data", totals, started)
-        if text_features is not None:
-            text_pooled = text_features(batch["input_ids"], batch["attention_mask"])
-        else:
-            text_pooled = model.encode_text(batch["input_ids"], batch["attention_mask"])
-        text_embeds = F.normalize(model.text_projection(text_pooled), dim=-1)
-        started = _timed(device, "text side", totals, started)
-        image_embeds = F.normalize(model.image_projection(model.image_encoder(batch["pixel_values"])), dim=-1)
-        started = _timed(device, "image tower", totals, started)
-        image_leaf = image_embeds.detach().requires_grad_()
-        text_leaf = text_embeds.detach().requires_grad_()
-        loss = loss_fn(image_leaf, text_leaf)
-        loss.backward()
-        started = _timed(device, "loss", totals, started)
-        image_embeds.backward(image_leaf.grad)
-        started = _timed(device, "image tower", totals, started)
-        text_embeds.backward(text_leaf.grad)
-        started = _timed(device, "text side", totals, started)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        _timed(device, "optimizer", totals, started)
-        steps_timed += 1
-    split = {phase: seconds / steps_timed for phase, seconds in totals.items()}
-
-    # the real loop: training/pretrain.py with the same defaults, its seconds per step from its own log
-    output_dir = work_dir / "loop"
-    total = args.warmup + args.steps
-    pretrain(*pretraining_arguments({"output_dir": str(output_dir), "cache_dir": args.cache_dir, "max_steps": total,
-                                     "logging_steps": 5, "eval_steps": total, "save_steps": total,
-                                     "report_to": "none", "retrieval_set": "none"}, args.pretrain_args))
-    windows = sorted(train_args.per_device_batch_size / rate for rate in logged_windows(output_dir, args.warmup))
-    seconds_per_step = windows[len(windows) // 2]
+    parts = _build_cpu_demo_step(model_args, data_args, train_args, accelerator, work_dir / "split")
+    split = _time_cpu_demo_phases(parts, args.warmup, args.steps)
+    seconds_per_step = _cpu_demo_loop_seconds(args, work_dir / "loop", train_args.per_device_batch_size)
     logger.info("cpu demo: %.3f s/step in the training loop, %d threads", seconds_per_step, threads)
+    config = parts.model.config
     return {"name": "cpu_demo", "seconds_per_step": seconds_per_step, "threads": threads, "threads_why": why,
             "split_seconds": split, "split_total": sum(split.values()),
             "samples_per_s": train_args.per_device_batch_size / seconds_per_step,
-            "text_tower": model.config.text_tower_source, "image_model": model.config.image_model_name,
+            "text_tower": config.text_tower_source, "image_model": config.image_model_name,
             "image_size": data_args.image_size, "batch_size": train_args.per_device_batch_size,
-            "frozen_text_cache": text_features is not None, "batched_augmentation": data_args.gpu_augmentation}
+            "frozen_text_cache": parts.text_features is not None, "batched_augmentation": data_args.gpu_augmentation}
 
 
 def format_cpu_demo(result: dict) -> str:
@@ -408,7 +444,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU, under a minute")
     parser.add_argument("--cpu_demo", action="store_true",
-                        help="the default run (make pretrain) on the CPU: the loop's s/step, threads and the split of a "
+                        help="the default run (make pretrain) on the CPU: the loop's s/step, threads and the split of "
+                        "a "
                         "step; --pretrain_args changes the run, --steps/--warmup the length")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--batch_size", type=int, default=256)

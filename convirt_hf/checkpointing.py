@@ -54,8 +54,11 @@ def latest_checkpoint(checkpoints_dir: str | os.PathLike) -> Path | None:
 
 # What a failed write raises: the OS (a full disk, a file-size limit, a vanished mount), safetensors (its Rust writer
 # reports I/O errors as SafetensorError) and torch.save (a RuntimeError from its zip writer: "file write failed").
+_SafetensorError: type[Exception]
 try:
-    from safetensors import SafetensorError as _SafetensorError
+    from safetensors import SafetensorError as _ImportedSafetensorError
+
+    _SafetensorError = _ImportedSafetensorError
 except ImportError:  # pragma: no cover - safetensors is a dependency of transformers
     _SafetensorError = OSError
 WRITE_ERRORS = (OSError, RuntimeError, _SafetensorError)
@@ -71,7 +74,8 @@ def any_process_failed(accelerator, failed: bool) -> bool:
     return accelerator.reduce(flag, reduction="sum").item() > 0
 
 
-def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, step: int, train_state: dict, keep_last: int) -> Path:
+def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, step: int, train_state: dict,
+                    keep_last: int) -> Path:
     """
     Saves model, optimizer, RNG and `train_state` for `step`, then keeps only the newest `keep_last` checkpoints.
 

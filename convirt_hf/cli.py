@@ -42,7 +42,8 @@ def load_preset(name_or_path: str, dataclass_types: Sequence[type]) -> dict:
     path = resolve_preset(name_or_path)
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"--config {path}: expected a mapping of argument names to values, got {type(values).__name__}")
+        raise ValueError(f"--config {path}: expected a mapping of argument names to values, "
+                         f"got {type(values).__name__}")
     known = {field.name for cls in dataclass_types for field in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -71,7 +71,8 @@ def check_revision(revision: str | None) -> str | None:
     """Returns `revision` (a branch name, or None for main) if the Hub can create it, else raises `ValueError`."""
     if revision is None:
         return None
-    if not REVISION_PATTERN.match(revision) or ".." in revision or "//" in revision or revision.endswith(("/", ".lock")):
+    if (not REVISION_PATTERN.match(revision) or ".." in revision or "//" in revision
+            or revision.endswith(("/", ".lock"))):
         raise ValueError(f"--revision {revision!r} is not a valid branch name")
     return revision
 
@@ -364,11 +365,12 @@ def folder_files(folder: Path) -> list[tuple[str, int]]:
 
 
 def format_size(size: int) -> str:
+    scaled: float = size
     for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"
+        if scaled < 1024 or unit == "GB":
+            return f"{scaled:.0f} {unit}" if unit == "B" else f"{scaled:.1f} {unit}"
+        scaled /= 1024
+    return f"{scaled} B"
 
 
 def check_publish_folder(folder: str | os.PathLike) -> Path:

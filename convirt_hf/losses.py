@@ -35,10 +35,10 @@ def check_equal_local_batches(local_batch_size: int, world_size: int, device: to
     """Fails clearly when processes hold different batch sizes (a gather would fail or misalign the labels)."""
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size)]
     dist.all_gather(sizes, torch.tensor([local_batch_size], dtype=torch.long, device=device))
-    sizes = [int(size.item()) for size in sizes]
-    if len(set(sizes)) != 1:
+    counts = [int(size.item()) for size in sizes]
+    if len(set(counts)) != 1:
         raise RuntimeError(
-            f"ConVIRT's gathered loss needs the same batch size on every process, got {sizes}. Use drop_last=True "
+            f"ConVIRT's gathered loss needs the same batch size on every process, got {counts}. Use drop_last=True "
             "on the training DataLoader."
         )
 
@@ -82,7 +82,8 @@ class ConvirtLoss(nn.Module):
     def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         if image_embeds.shape[0] != text_embeds.shape[0]:
             raise ValueError(
-                f"ConvirtLoss needs one text per image: got {image_embeds.shape[0]} images and {text_embeds.shape[0]} texts"
+                f"ConvirtLoss needs one text per image: got {image_embeds.shape[0]} images and "
+                f"{text_embeds.shape[0]} texts"
             )
         local_batch_size = image_embeds.shape[0]
         if self.world_size == 1:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import cast
 
 
 @dataclass
@@ -39,7 +40,7 @@ class LearningRateController:
         warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         shape = 1.0
         if self.shape == "cosine":
-            progress = min(1.0, step / max(1, self.total_steps))
+            progress = min(1.0, step / max(1, cast(int, self.total_steps)))  # __post_init__ requires it for cosine
             shape = 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.base_lr * warmup * shape * self.factor
 

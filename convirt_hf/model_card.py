@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -54,7 +55,7 @@ VALUE_DIGITS = 4
 
 
 def hub_url(repo_id: str, repo_type: str = "model") -> str:
-    """A repo's page on the Hub the upload goes to (`HF_ENDPOINT`, e.g. a self-hosted Hub; huggingface.co by default)."""
+    """A repo's page on the Hub the upload goes to: `HF_ENDPOINT` (a self-hosted Hub), else huggingface.co."""
     from huggingface_hub import constants
 
     prefix = {"model": "", "space": "spaces/", "dataset": "datasets/"}[repo_type]
@@ -222,6 +223,11 @@ def _parse_retrieval_metric(metric: str) -> tuple[str, int] | None:
     return parts[0], int(parts[1][2:])
 
 
+def _p_at_k_metric(metric: str) -> tuple[str, int]:
+    """`(direction, k)` of a retrieval metric known to be a P@k one (the rows `_in_model_index` keeps)."""
+    return cast(tuple[str, int], _parse_retrieval_metric(metric))
+
+
 def _percent(fraction: float) -> str:
     return f"{100 * fraction:g}%"
 
@@ -246,7 +252,7 @@ def eval_result(row: dict) -> EvalResult:
     common = {"task_type": TASK_TYPES[protocol], "dataset_type": _dataset_id(row["dataset"]),
               "dataset_name": row["dataset"], "dataset_split": row["split"], "metric_value": value}
     if protocol == "retrieval":
-        direction, k = _parse_retrieval_metric(row["metric"])
+        direction, k = _p_at_k_metric(row["metric"])
         return EvalResult(task_name="Zero-shot retrieval", metric_type=f"precision_at_{k}",
                           metric_name=f"{direction} Precision@{k}", **common)
     metric = row["metric"]
@@ -255,7 +261,8 @@ def eval_result(row: dict) -> EvalResult:
         metric_name = f"{PROTOCOL_NAMES[protocol]}, {metric_name}, {_percent(row['fraction'])} labels"
         if row.get("runs", 1) > 1:
             metric_name += f", mean of {row['runs']} seeds"
-    return EvalResult(task_name=PROTOCOL_NAMES[protocol], metric_type=METRIC_TYPES.get(metric, metric.replace("/", "_")),
+    return EvalResult(task_name=PROTOCOL_NAMES[protocol],
+                      metric_type=METRIC_TYPES.get(metric, metric.replace("/", "_")),
                       metric_name=metric_name, **common)
 
 
@@ -307,7 +314,7 @@ def _transfer_table(rows: list[dict]) -> str:
 
 
 def _retrieval_table(rows: list[dict]) -> str:
-    parsed = [(row, *_parse_retrieval_metric(row["metric"])) for row in rows]
+    parsed = [(row, *_p_at_k_metric(row["metric"])) for row in rows]  # the P@k rows only
     ks = sorted({k for _, _, k in parsed})
     index = {(row["dataset"], direction, k): row for row, direction, k in parsed}
     lines = ["| data set | direction | " + " | ".join(f"P@{k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 2)]
@@ -470,17 +477,8 @@ def build_model_card(output_dir: str | os.PathLike, config, arguments: dict, met
     model_name = repo_id.split("/")[-1] if repo_id else output_dir.name
     rows, baselines = collect_results(evaluations, model_dir or output_dir, evaluation_model)
     data = arguments.get("data", {})
-    retrieval_set = data.get("retrieval_set")
-    pretraining_dataset = _dataset_name(retrieval_set, dataset_name) if retrieval_set else dataset_name
-    pretraining_rows = pretraining_retrieval_rows(metrics, pretraining_dataset)
-    if pretraining_rows and any(row["protocol"] == "retrieval" for row in rows):
-        logger.info("using the evaluation files' retrieval results instead of metrics.json's")
-        pretraining_rows = []
-    rows = pretraining_rows + rows
-    chance = metrics.get("retrieval_chance")
-    for evaluation in evaluations:
-        chance = evaluation["metadata"].get("chance_rate", chance)
-    results = eval_results(rows)
+    rows = _pretraining_rows(metrics, data, dataset_name, rows) + rows
+    chance = _chance_rate(metrics, evaluations)
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="zero-shot-image-classification",
@@ -488,12 +486,57 @@ def build_model_card(output_dir: str | os.PathLike, config, arguments: dict, met
         base_model=base_models(config) or None,
         license=license or ("apache-2.0" if synthetic else "other"),
         model_name=model_name,
-        eval_results=results or None,
+        eval_results=eval_results(rows) or None,
     )
-    training = arguments.get("training", {})
     text_tower = arguments.get("text_tower") or {}
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path()),
+        model_name=model_name,
+        repo_id=repo_id or f"<your-org>/{model_name}",
+        timm_repo_id=timm_repo_id,
+        timm_repo_url=hub_url(timm_repo_id) if timm_repo_id else None,
+        paper_url=PAPER_URL,
+        image_model_name=config.image_model_name,
+        text_layers=config.text_config.num_hidden_layers,
+        text_pooling=config.text_pooling,
+        text_origin=text_tower_origin(config, text_tower),
+        projection=config.projection,
+        projection_dim=config.projection_dim,
+        image_size=config.image_size,
+        eval_resize=_eval_resize(output_dir, config, data),
+        data_description=SYNTHETIC_DATA_DESCRIPTION if synthetic else f"Image-report pairs from `{dataset_name}`.",
+        augmentation_description=_augmentation_text(data.get("augmentation")),
+        text_description=_text_description(data),
+        hyperparameters=_hyperparameters(config, arguments.get("training", {}), text_tower, metrics),
+        evaluation_section=evaluation_section(rows, baselines, chance),
+        limitations=_limitations(synthetic),
+    )
+
+
+def _pretraining_rows(metrics: dict, data: dict, dataset_name: str, rows: list[dict]) -> list[dict]:
+    """The retrieval rows of `metrics.json`, unless the evaluation files' `rows` have retrieval results."""
+    retrieval_set = data.get("retrieval_set")
+    pretraining_dataset = _dataset_name(retrieval_set, dataset_name) if retrieval_set else dataset_name
+    pretraining_rows = pretraining_retrieval_rows(metrics, pretraining_dataset)
+    if pretraining_rows and any(row["protocol"] == "retrieval" for row in rows):
+        logger.info("using the evaluation files' retrieval results instead of metrics.json's")
+        return []
+    return pretraining_rows
+
+
+def _chance_rate(metrics: dict, evaluations: Sequence[dict]) -> float | None:
+    """The retrieval chance rate: the last evaluation file's that states one, else `metrics.json`'s."""
+    chance = metrics.get("retrieval_chance")
+    for evaluation in evaluations:
+        chance = evaluation["metadata"].get("chance_rate", chance)
+    return chance
+
+
+def _hyperparameters(config, training: dict, text_tower: dict, metrics: dict) -> list[tuple[str, str]]:
+    """The card's training-setup table: `(name, value)` rows."""
     frozen = config.num_frozen_text_layers
-    hyperparameters = [
+    return [
         ("image tower", f"{config.image_model_name} (from {config.image_tower_source or 'random initialisation'})"),
         ("text tower", f"BERT, {config.text_config.num_hidden_layers} layers, hidden {config.text_config.hidden_size} "
                        f"(from {text_tower_origin(config, text_tower)}), {text_pooling_text(config, text_tower)}"),
@@ -513,42 +556,25 @@ def build_model_card(output_dir: str | os.PathLike, config, arguments: dict, met
         ("mixed precision", str(training.get("mixed_precision"))),
         ("seed", str(training.get("seed"))),
     ]
-    text_description = (
-        "one sentence sampled uniformly from the FINDINGS and IMPRESSION sections at each use (the paper's t_u), "
-        f"at most {data.get('max_length')} tokens."
-        if data.get("text_mode") == "sentence"
-        else f"the whole FINDINGS + IMPRESSION text, at most {data.get('max_length')} tokens."
-    )
-    limitations = (
+
+
+def _text_description(data: dict) -> str:
+    """What the text tower was given in training."""
+    if data.get("text_mode") == "sentence":
+        return ("one sentence sampled uniformly from the FINDINGS and IMPRESSION sections at each use (the paper's "
+                f"t_u), at most {data.get('max_length')} tokens.")
+    return f"the whole FINDINGS + IMPRESSION text, at most {data.get('max_length')} tokens."
+
+
+def _limitations(synthetic: bool) -> str:
+    """The card's limitations paragraph."""
+    return (
         ("Trained only on synthetic images: it demonstrates the pipeline and must not be applied to real "
          "radiographs. " if synthetic else "")
         + "Contrastive models inherit the biases of their paired data (scanner types, patient populations, the "
         "reporting style of one institution) and can associate findings with shortcuts such as support devices or "
         "image markers. Negated sentences ('No pleural effusion.') are harder for the text tower than affirmed ones. "
         "Retrieval and zero-shot scores on one data set do not transfer to another without validation."
-    )
-    return ModelCard.from_template(
-        card_data,
-        template_path=str(template_path()),
-        model_name=model_name,
-        repo_id=repo_id or f"<your-org>/{model_name}",
-        timm_repo_id=timm_repo_id,
-        timm_repo_url=hub_url(timm_repo_id) if timm_repo_id else None,
-        paper_url=PAPER_URL,
-        image_model_name=config.image_model_name,
-        text_layers=config.text_config.num_hidden_layers,
-        text_pooling=config.text_pooling,
-        text_origin=text_tower_origin(config, text_tower),
-        projection=config.projection,
-        projection_dim=config.projection_dim,
-        image_size=config.image_size,
-        eval_resize=_eval_resize(output_dir, config, data),
-        data_description=SYNTHETIC_DATA_DESCRIPTION if synthetic else f"Image-report pairs from `{dataset_name}`.",
-        augmentation_description=_augmentation_text(data.get("augmentation")),
-        text_description=text_description,
-        hyperparameters=hyperparameters,
-        evaluation_section=evaluation_section(rows, baselines, chance),
-        limitations=limitations,
     )
 
 

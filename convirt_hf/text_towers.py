@@ -153,7 +153,8 @@ def bert_tokenizer_from_vocab(tokens: Sequence[str], model_max_length: int = 128
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         Path(folder, "tokenizer_config.json").write_text(
-            json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": model_max_length})
+            json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True,
+                        "model_max_length": model_max_length})
         )
         tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.vocab_size != len(vocab):
@@ -184,7 +185,8 @@ def corpus_wordpiece_tokenizer(
     characters = sorted({character for word in words for character in word})
     vocab = [*SPECIAL_TOKENS, *characters, *(f"##{character}" for character in characters)]
     if len(vocab) > vocab_size:
-        raise ValueError(f"vocab_size={vocab_size} is smaller than the corpus's {len(vocab)} characters and special tokens")
+        raise ValueError(f"vocab_size={vocab_size} is smaller than the corpus's {len(vocab)} characters and "
+                         "special tokens")
     known = set(vocab)
     frequent = sorted((word for word, count in words.items() if count >= min_frequency and word not in known),
                       key=lambda word: (-words[word], word))

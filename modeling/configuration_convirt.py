@@ -5,6 +5,7 @@ This file is self-contained (it imports only transformers) because it is copied 
 """
 
 import math
+from typing import cast
 
 from transformers import BertConfig, PretrainedConfig
 from transformers.utils import logging
@@ -46,7 +47,7 @@ def resolve_frozen_text_layers(spec, num_layers: int) -> int:
         if not 0 <= spec <= num_layers:
             raise ValueError(f"frozen_text_layers must be between 0 and the text tower's {num_layers} layers "
                              f"(text_config.num_hidden_layers), got {spec!r}")
-        return spec
+        return cast(int, spec)  # _frozen_layers_fraction gives no fraction only for an int count
     if not 0.0 <= fraction <= 1.0:  # also false for NaN
         raise ValueError(f"frozen_text_layers as a fraction of the text tower's depth must be in [0, 1], got {spec!r}")
     return int(fraction * num_layers)
@@ -289,7 +290,8 @@ class ConvirtConfig(PretrainedConfig):
     def validate_convirt_fields(self) -> None:
         """Raises `ValueError` naming the field when a ConVIRT setting is out of range."""
         if not isinstance(self.image_model_name, str) or not self.image_model_name:
-            raise ValueError(f"image_model_name must be a non-empty timm architecture name, got {self.image_model_name!r}")
+            raise ValueError("image_model_name must be a non-empty timm architecture name, got "
+                             f"{self.image_model_name!r}")
         check_convirt_fields({name: getattr(self, name) for name in (*CONVIRT_FIELD_CHECKS, "frozen_text_layers")},
                              num_text_layers=self.text_config.num_hidden_layers)
         num_layers = self.text_config.num_hidden_layers

@@ -11,6 +11,7 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import timm
 import torch
@@ -21,10 +22,13 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_convirt import ConvirtConfig, check_partial_text_freezing
 
+init: ModuleType
 try:  # guarded init functions skip tensors already loaded from a checkpoint (transformers 5.x)
-    from transformers import initialization as init
+    from transformers import initialization as _guarded_init
+
+    init = _guarded_init
 except ImportError:  # transformers 4.x: loaded weights are never re-initialised
-    from torch.nn import init
+    init = nn.init
 
 logger = logging.get_logger(__name__)
 
@@ -336,7 +340,8 @@ class TverskyProjection(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         leading = hidden.shape[:-1]
         flat = hidden.reshape(-1, hidden.shape[-1])
-        # in the parameters' dtype (a float32 head over a half-precision tower keeps the feature tests x . f_k > 0 exact)
+        # in the parameters' dtype (a float32 head over a half-precision tower keeps the feature tests x . f_k > 0
+        # exact)
         output = tversky_similarity(flat.to(self.features.dtype), self.prototypes, self.features, self.alpha,
                                     self.beta, self.theta, self.intersection, self.difference, self.similarity)
         return output.reshape(*leading, self.output_dim).to(hidden.dtype)
@@ -363,7 +368,9 @@ class ConvirtTverskyProjection(TverskyProjection):
         )
 
 
-PROJECTION_CLASSES = {"mlp": ConvirtMLPProjection, "linear": ConvirtLinearProjection, "tversky": ConvirtTverskyProjection}
+PROJECTION_CLASSES = {
+    "mlp": ConvirtMLPProjection, "linear": ConvirtLinearProjection, "tversky": ConvirtTverskyProjection,
+}
 
 
 def build_projection(config: ConvirtConfig, input_dim: int) -> nn.Module:
@@ -593,7 +600,8 @@ class ConvirtPreTrainedModel(PreTrainedModel):
     config_class = ConvirtConfig
     base_model_prefix = "convirt"
     main_input_name = "pixel_values"
-    input_modalities = ("image", "text")
+    # transformers annotates this str | list[str], yet its own models set tuples (read with `in` only)
+    input_modalities = ("image", "text")  # type: ignore[assignment]
     supports_gradient_checkpointing = True
     _no_split_modules = ["BertLayer"]
 
@@ -831,7 +839,8 @@ class ConvirtModel(ConvirtPreTrainedModel):
         >>> model = ConvirtModel.from_pretrained_towers("resnet50.tv_in1k", "emilyalsentzer/Bio_ClinicalBERT")
         ```
         """
-        architecture, image_state, image_source = ("", None, None) if image is None else load_image_tower_weights(str(image))
+        architecture, image_state, image_source = (
+            ("", None, None) if image is None else load_image_tower_weights(str(image)))
         requested = config_kwargs.pop("image_model_name", None)
         if architecture and requested and requested != architecture:
             raise ValueError(
@@ -841,7 +850,8 @@ class ConvirtModel(ConvirtPreTrainedModel):
 
         text_model = BertModel.from_pretrained(str(text), add_pooling_layer=False, dtype=torch.float32)
         if text_model.config.model_type != "bert":
-            raise ValueError(f"The text tower must be a BERT-family model (model_type 'bert'), got {text_model.config.model_type!r}")
+            raise ValueError("The text tower must be a BERT-family model (model_type 'bert'), got "
+                             f"{text_model.config.model_type!r}")
         text_config = copy.deepcopy(text_model.config)
         check_partial_text_freezing(config_kwargs.get("frozen_text_layers", "half"), text_config.num_hidden_layers)
         config_kwargs.setdefault("text_tower_source", str(text))
@@ -905,7 +915,8 @@ class ConvirtModel(ConvirtPreTrainedModel):
         save_directory.mkdir(parents=True, exist_ok=True)
         tower = self.image_encoder
         original_cfg = tower.pretrained_cfg
-        tower.pretrained_cfg = self.image_encoder_pretrained_cfg()
+        # torch types Module.__setattr__ for tensors and modules only; plain attributes such as timm's are fine
+        tower.pretrained_cfg = self.image_encoder_pretrained_cfg()  # type: ignore[assignment]
         try:  # timm writes the config from the model's own pretrained_cfg
             save_for_hf(tower, str(save_directory), safe_serialization=True)
         finally:

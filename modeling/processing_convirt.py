@@ -46,7 +46,8 @@ def read_dicom(path: str | os.PathLike) -> Image.Image:
     pixels = dataset.pixel_array.astype(np.float32)
     if pixels.ndim == 3 and getattr(dataset, "SamplesPerPixel", 1) == 1:
         pixels = pixels[0]  # multi-frame file: a radiograph is its first frame
-    pixels = pixels * float(getattr(dataset, "RescaleSlope", 1) or 1) + float(getattr(dataset, "RescaleIntercept", 0) or 0)
+    slope, intercept = getattr(dataset, "RescaleSlope", 1), getattr(dataset, "RescaleIntercept", 0)
+    pixels = pixels * float(slope or 1) + float(intercept or 0)
     low = high = None
     centre, width = getattr(dataset, "WindowCenter", None), getattr(dataset, "WindowWidth", None)
     if centre is not None and width is not None:
@@ -109,7 +110,7 @@ def default_image_processor(image_size: int = 224, resize_size: int = 256) -> CL
     return CLIPImageProcessor(
         do_resize=True,
         size={"shortest_edge": resize_size},
-        resample=Image.BICUBIC,
+        resample=Image.Resampling.BICUBIC,
         do_center_crop=True,
         crop_size={"height": image_size, "width": image_size},
         do_rescale=True,
@@ -146,7 +147,8 @@ class ConvirtProcessor(ProcessorMixin):
     def from_tokenizer(
         cls, tokenizer, image_size: int = 224, resize_size: int = 256, **tokenizer_kwargs
     ) -> ConvirtProcessor:
-        """Builds a processor from a tokenizer (or its name/path, e.g. the text tower's) and the default image processor."""
+        """Builds a processor from a tokenizer (or its name/path, e.g. the text tower's) and the default image
+        processor."""
         if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), **tokenizer_kwargs)
         return cls(image_processor=default_image_processor(image_size, resize_size), tokenizer=tokenizer)

@@ -56,9 +56,10 @@ def restore_env(previous: dict) -> None:
 def save_demo_model(folder: Path) -> Path:
     """A tiny untrained ConVIRT folder (weights, processor, tokenizer, model card) that the demo loads."""
     import torch
-    from helpers import build_tokenizer, tiny_config
 
     from convirt_hf import ConvirtModel, ConvirtProcessor
+
+    from helpers import build_tokenizer, tiny_config
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)

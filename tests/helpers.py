@@ -163,7 +163,8 @@ def tiny_args(corpus: Path, output_dir: Path, **overrides) -> list[str]:
     12 steps."""
     values = {
         "dataset": corpus, "retrieval_set": corpus, "output_dir": output_dir, "image_model_name": "test_resnet",
-        "text_tower": "scratch", "text_layers": 1, "text_hidden_size": 32, "text_vocab_size": 300, "projection_dim": 32, "image_size": 32,
+        "text_tower": "scratch", "text_layers": 1, "text_hidden_size": 32, "text_vocab_size": 300, "projection_dim": 32,
+        "image_size": 32,
         "per_device_batch_size": 8, "max_steps": 12, "eval_steps": 6, "save_steps": 4, "logging_steps": 1,
         "report_to": "none", "learning_rate": 1e-3, "max_length": 32,
     }

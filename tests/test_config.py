@@ -1,9 +1,10 @@
 """ConvirtConfig: defaults from the paper, JSON round trip, and clear errors naming the bad field."""
 
 import pytest
-from helpers import tiny_config
 
 from convirt_hf import ConvirtConfig, ConvirtModel
+
+from helpers import tiny_config
 
 
 def test_defaults_are_the_papers():

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_args
 
 from convirt_hf import cpu_threads
+
+from helpers import tiny_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "training" / "pretrain.py"

@@ -20,6 +20,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
+
+from convirt_hf.data.synthetic import SyntheticCorpusConfig
+
 from demo_helpers import (
     free_port,
     huge_png,
@@ -30,9 +34,6 @@ from demo_helpers import (
     write_gallery,
 )
 from helpers import FakeHfApi
-from PIL import Image
-
-from convirt_hf.data.synthetic import SyntheticCorpusConfig
 
 # gradio 6.31 calls pandas options that pandas 3 deprecates: not this project's warnings
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
@@ -55,9 +56,9 @@ def gradio_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_dir(tiny_corpus, tmp_path_factory) -> Path:
     """A real (tiny) training/pretrain.py output folder: the demo's model, and what push.py publishes."""
-    from helpers import tiny_args
-
     from convirt_hf.training import pretrain
+
+    from helpers import tiny_args
 
     output_dir = tmp_path_factory.mktemp("run") / "convirt-tiny"
     pretrain.main(tiny_args(tiny_corpus, output_dir, projection_dim=16, max_steps=2, eval_steps=2, save_steps=2))

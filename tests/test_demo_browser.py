@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+
 from demo_browser import DemoPage, classify, find_browser, start_browser
 from demo_helpers import free_port, offline_gradio_env, restore_env, save_demo_model, write_gallery
 

@@ -400,9 +400,9 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tokenizer) -> Path:
-    from helpers import tiny_config
-
     from convirt_hf import ConvirtModel, ConvirtProcessor
+
+    from helpers import tiny_config
 
     folder = tmp_path_factory.mktemp("tiny-convirt")
     torch.manual_seed(0)

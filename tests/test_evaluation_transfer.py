@@ -1,4 +1,5 @@
-"""Transfer evaluation: tasks, nested stratified label fractions, the linear probe, encoders, and the fine-tuning script."""
+"""Transfer evaluation: tasks, nested stratified label fractions, the linear probe, encoders, and the fine-tuning
+script."""
 
 from __future__ import annotations
 
@@ -158,9 +159,11 @@ def test_encoder_specs(model, tmp_path):
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(encoder.model(pixels), model.image_encoder(pixels), atol=1e-6)
-    assert encoder.kind == "convirt" and encoder.image_size == 32 and encoder.num_features == model.image_encoder.num_features
+    assert encoder.kind == "convirt" and encoder.image_size == 32
+    assert encoder.num_features == model.image_encoder.num_features
 
-    random_a, random_b = load_image_encoder("random:test_resnet", seed=0), load_image_encoder("random:test_resnet", seed=0)
+    random_a = load_image_encoder("random:test_resnet", seed=0)
+    random_b = load_image_encoder("random:test_resnet", seed=0)
     assert random_a.kind == "random" and all(torch.equal(a, b) for a, b in zip(random_a.model.state_dict().values(),
                                                                                   random_b.model.state_dict().values()))
     # a state dict file of the tower, with a training wrapper's prefix and a classifier, loads into a fresh tower
@@ -216,9 +219,9 @@ def labelled_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def convirt_dir(tmp_path_factory, tokenizer):
-    from helpers import tiny_config
-
     from convirt_hf import ConvirtModel
+
+    from helpers import tiny_config
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("convirt") / "model"

@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from convirt_hf.training import pretrain
-from convirt_hf.training import push as push_cli
-from convirt_hf.training.retrieval import retrieval_rows
-from helpers import FakeHfApi, run_clean_python, tiny_args
 from huggingface_hub import ModelCard
 from PIL import Image
 
 from convirt_hf import hub
 from convirt_hf.evaluation.linear_probe import summarise_runs
 from convirt_hf.evaluation.reporting import write_results
+from convirt_hf.training import pretrain
+from convirt_hf.training import push as push_cli
+from convirt_hf.training.retrieval import retrieval_rows
+
+from helpers import FakeHfApi, run_clean_python, tiny_args
 
 REPO = "org/convirt-tiny"
 TIMM_REPO = "org/convirt-tiny-resnet"
@@ -50,7 +51,8 @@ def trained_dir(tiny_corpus, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluation_files(trained_dir, tmp_path_factory) -> dict:
-    """A linear-probe file (the model and a baseline, 3 seeds) and a retrieval + zero-shot file, as the scripts write."""
+    """A linear-probe file (the model and a baseline, 3 seeds) and a retrieval + zero-shot file, as the scripts
+    write them."""
     folder = tmp_path_factory.mktemp("evaluation")
     rng = np.random.default_rng(0)
     model = str(trained_dir)

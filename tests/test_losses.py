@@ -25,8 +25,10 @@ def reference_loss(v: torch.Tensor, u: torch.Tensor, tau: float, lam: float) -> 
 
     total = 0.0
     for i in range(n):
-        image_to_text = -math.log(math.exp(cos(v[i], u[i]) / tau) / sum(math.exp(cos(v[i], u[k]) / tau) for k in range(n)))
-        text_to_image = -math.log(math.exp(cos(u[i], v[i]) / tau) / sum(math.exp(cos(u[i], v[k]) / tau) for k in range(n)))
+        image_to_text = -math.log(math.exp(cos(v[i], u[i]) / tau)
+                                  / sum(math.exp(cos(v[i], u[k]) / tau) for k in range(n)))
+        text_to_image = -math.log(math.exp(cos(u[i], v[i]) / tau)
+                                  / sum(math.exp(cos(u[i], v[k]) / tau) for k in range(n)))
         total += lam * image_to_text + (1 - lam) * text_to_image
     return total / n
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from convirt_hf.evaluation import retrieval
 from convirt_hf.evaluation.metrics import (
     accuracy,
     available_metrics,
@@ -18,7 +19,6 @@ from convirt_hf.evaluation.metrics import (
     predictions_from_scores,
     roc_auc,
 )
-from convirt_hf.evaluation import retrieval
 
 
 @pytest.fixture(scope="module")

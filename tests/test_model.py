@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import timm
 import torch
-from helpers import tiny_config
 from PIL import Image
 
 from convirt_hf import ConvirtConfig, ConvirtModel, ConvirtProcessor
 from convirt_hf.modeling.processing_convirt import to_pil_rgb
+
+from helpers import tiny_config
 
 
 def _batch(model, batch_size=3, length=9, seed=0):
@@ -95,7 +96,8 @@ def test_frozen_parameters_get_no_gradient_and_all_others_do(model):
 
 
 def test_frozen_layer_count_follows_the_config(tokenizer):
-    model = ConvirtModel(tiny_config(vocab_size=tokenizer.vocab_size, frozen_text_layers=2, freeze_text_embeddings=False))
+    model = ConvirtModel(tiny_config(vocab_size=tokenizer.vocab_size, frozen_text_layers=2,
+                                     freeze_text_embeddings=False))
     assert all(p.requires_grad for p in model.text_encoder.embeddings.parameters())
     assert not any(p.requires_grad for p in model.text_encoder.encoder.parameters())
 
@@ -153,7 +155,8 @@ def test_auto_classes_resolve_to_convirt(model, tmp_path):
     model.save_pretrained(tmp_path)
     assert isinstance(AutoConfig.from_pretrained(tmp_path), ConvirtConfig)
     assert isinstance(AutoModel.from_pretrained(tmp_path, dtype=torch.float32), ConvirtModel)
-    assert isinstance(AutoModelForZeroShotImageClassification.from_pretrained(tmp_path, dtype=torch.float32), ConvirtModel)
+    zero_shot = AutoModelForZeroShotImageClassification.from_pretrained(tmp_path, dtype=torch.float32)
+    assert isinstance(zero_shot, ConvirtModel)
 
 
 def _tiny_bert_folder(path, vocab_size, seed=0):
@@ -350,7 +353,8 @@ def test_exported_image_encoder_loads_in_timm_with_the_same_features(model, tmp_
 
 
 def test_bad_pixel_values_are_named(model):
-    with pytest.raises(ValueError, match=r"pixel_values must have shape \(batch, 3, height, width\), got \(3, 32, 32\)"):
+    with pytest.raises(ValueError,
+                       match=r"pixel_values must have shape \(batch, 3, height, width\), got \(3, 32, 32\)"):
         model(pixel_values=torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match=r"got \(2, 1, 32, 32\).*3 channels"):
         model.get_image_features(torch.randn(2, 1, 32, 32))
@@ -484,7 +488,8 @@ def test_dicom_monochrome1_is_inverted_and_windowed(tmp_path):
 def test_corpus_tokenizer_is_deterministic_and_covers_the_corpus():
     from convirt_hf.text_towers import corpus_wordpiece_tokenizer, small_bert_config
 
-    corpus = ["The cardiac silhouette is enlarged.", "No pleural effusion or pneumothorax.", "The lungs are clear."] * 20
+    corpus = ["The cardiac silhouette is enlarged.", "No pleural effusion or pneumothorax.",
+              "The lungs are clear."] * 20
     tokenizer = corpus_wordpiece_tokenizer(corpus, vocab_size=300, min_frequency=2)
     again = corpus_wordpiece_tokenizer(list(reversed(corpus)), vocab_size=300, min_frequency=2)
     assert tokenizer.get_vocab() == again.get_vocab()  # same texts, same ids, whatever the order

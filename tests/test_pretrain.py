@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import read_log, run_clean_python, tiny_args
 from safetensors.torch import load_file
 
 from convirt_hf.checkpointing import latest_checkpoint
 from convirt_hf.training import pretrain
+
+from helpers import read_log, run_clean_python, tiny_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "training" / "pretrain.py"
@@ -160,7 +161,8 @@ def test_a_poisoned_batch_stops_with_a_message_and_a_saved_state(tiny_corpus, tm
     output_dir = tmp_path / "nan"
     with pytest.raises(pretrain.NonFiniteTrainingError,
                        match=r"Non-finite pixel values in the batch of step \d+ .*synthetic-0-pretrain-000005"):
-        pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=20, save_steps=50, gpu_augmentation=gpu_augmentation))
+        pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=20, save_steps=50,
+                                gpu_augmentation=gpu_augmentation))
     checkpoint = latest_checkpoint(output_dir / "checkpoints")
     assert checkpoint is not None
     state = json.loads((checkpoint / "train_state.json").read_text())
@@ -202,7 +204,8 @@ def test_output_folder_rules(tiny_corpus, tmp_path):
         pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=2))
     with pytest.raises(ValueError, match="different settings"):
         pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=4, per_device_batch_size=4, resume="latest"))
-    pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=2, eval_steps=2, save_steps=2) + ["--overwrite_output_dir"])
+    pretrain.main(tiny_args(tiny_corpus, output_dir, max_steps=2, eval_steps=2, save_steps=2)
+                  + ["--overwrite_output_dir"])
 
 
 def test_a_preprocessed_corpus_trains_on_its_train_split_by_default(tiny_corpus, tmp_path):
@@ -250,7 +253,8 @@ def test_presets_load_and_unknown_keys_are_named(tmp_path):
     from convirt_hf.cli import load_preset
 
     paper = load_preset("paper", (pretrain.ModelArguments, pretrain.DataArguments, pretrain.PretrainingArguments))
-    assert paper["per_device_batch_size"] == 32 and paper["learning_rate"] == 1e-4 and paper["frozen_text_layers"] == "half"
+    assert paper["per_device_batch_size"] == 32 and paper["learning_rate"] == 1e-4
+    assert paper["frozen_text_layers"] == "half"
     assert paper["augmentation"] == "paper" and paper["max_evaluations"] == 200
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rat: 0.1\n")

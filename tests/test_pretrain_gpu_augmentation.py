@@ -17,13 +17,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from helpers import read_log, tiny_args
 
 from convirt_hf.checkpointing import latest_checkpoint
 from convirt_hf.data.gpu_augment import batch_seed
 from convirt_hf.data.transforms import AUGMENTATION_PRESETS
 from convirt_hf.pretraining.data import DeviceAugmentation
 from convirt_hf.training import pretrain
+
+from helpers import read_log, tiny_args
 
 # mixed sizes, as preprocessed shards have (256 px on the long side): portrait, landscape, square, smaller
 MIXED_SIZES = [(48, 40), (40, 48), (48, 48), (36, 44)]

@@ -7,11 +7,12 @@ import shutil
 
 import numpy as np
 import torch
-from helpers import run_clean_python
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from convirt_hf import ConvirtProcessor
+
+from helpers import run_clean_python
 
 
 def test_folder_loads_and_serves_pipelines_without_the_package(model, tokenizer, tmp_path, hf_home):

@@ -47,7 +47,8 @@ def test_convirt_beats_random_init_at_one_percent_and_retrieves_text_far_above_c
     heads = {(row["head"], row["task"]) for row in report["head_summary"] if row["headline"]}
     assert heads == {(head, task) for head in ("linear", "tversky") for task in tasks}
     assert all(row.get("head", "linear") == "linear" for row in report["summary"])
-    tversky = {row["task"]: row["mean"] for row in report["head_summary"] if row["headline"] and row["head"] == "tversky"}
+    tversky = {row["task"]: row["mean"] for row in report["head_summary"]
+               if row["headline"] and row["head"] == "tversky"}
     for task in tasks:  # a Tversky head on ConVIRT's features learns the task too
         assert tversky[task] > headline[("random init", task)], (task, tversky[task])
 

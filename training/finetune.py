@@ -42,13 +42,13 @@ from convirt_hf.cli import (
     run_cli,
 )
 from convirt_hf.data.transforms import AUGMENTATION_PRESETS, ConvirtEvalTransform, ConvirtTrainTransform
-from convirt_hf.modes import evaluating
 from convirt_hf.evaluation.corpora import check_classification_splits, classification_splits, corpus_folder
 from convirt_hf.evaluation.encoders import check_image_encoder_spec, load_image_encoder
 from convirt_hf.evaluation.linear_probe import summarise_runs
 from convirt_hf.evaluation.reporting import format_probe_table, write_results
 from convirt_hf.evaluation.scoring import headline_metric, primary_metric, score_predictions
 from convirt_hf.evaluation.tasks import ClassificationTask, fraction_subsets, parse_task
+from convirt_hf.modes import evaluating
 
 logger = logging.getLogger("convirt_hf.finetune")
 
@@ -232,6 +232,32 @@ def finetune_one(records, task, args, seed, accelerator, output_dir: Path, data_
         model, head_optimizer, optimizer, train_loader, eval_loaders["validation"], eval_loaders["test"])
     classifier = accelerator.unwrap_model(model)
 
+    best_state, epochs = train_classifier(model, classifier, (head_optimizer, optimizer), train_views,
+                                          (train_loader, validation_loader), kept["validation"][1], task, args, seed,
+                                          accelerator)
+    if best_state is not None:
+        classifier.load_state_dict(best_state)
+    metrics = score_test_split(model, test_loader, accelerator, task, kept["test"], records["test"])
+    if accelerator.is_main_process:
+        save_file({k: v.contiguous() for k, v in classifier.state_dict().items()},
+                  str(output_dir / f"classifier_seed{seed}.safetensors"))
+    return [
+        {"model": args.encoder, "data": data_name, "task": task.name, "task_kind": task.kind,
+         "protocol": "finetune", "fraction": args.fraction, "seed": seed, "num_train": len(kept["train"][0]),
+         "epochs": epochs, "metric": metric, "value": value, "headline": metric == headline_metric(task)}
+        for metric, value in metrics.items()
+    ]
+
+
+def train_classifier(model, classifier, optimizers, train_views, loaders, validation_targets, task, args, seed,
+                     accelerator) -> tuple[dict | None, int]:
+    """
+    The head warm-up (`optimizers[0]`, encoder frozen), then the full training (`optimizers[1]`) epoch by epoch,
+    each scored on the validation split, with the plateau rule and early stopping. Returns the best epoch's state
+    (None when no epoch ran) and the number of full-training epochs.
+    """
+    head_optimizer, optimizer = optimizers
+    train_loader, validation_loader = loaders
     step, passes, epoch, lr = 0, 0, 0, args.learning_rate
     best_score, best_state, stale_epochs = None, None, 0
     warming_up = args.head_warmup_steps > 0
@@ -241,31 +267,14 @@ def finetune_one(records, task, args, seed, accelerator, output_dir: Path, data_
     while epoch < args.max_epochs:
         train_views.epoch = passes
         passes += 1
-        warm_up_ended = False
-        model.train()
-        for pixel_values, targets, _ in train_loader:
-            active = head_optimizer if warming_up else optimizer
-            loss = loss_for(task, model(pixel_values), targets)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"the fine-tuning loss became {loss.item()} at step {step} (seed {seed}); lower "
-                                   "--learning_rate or use --mixed_precision no/bf16")
-            accelerator.backward(loss)
-            active.step()
-            active.zero_grad(set_to_none=True)
-            step += 1
-            if warming_up:
-                progress.update(1)
-                if step >= args.head_warmup_steps:
-                    warming_up = classifier.freeze_encoder = False
-                    warm_up_ended = True
-                    progress.close()
-                    logger.info("seed %d: head warm-up done after %d steps; training every layer", seed, step)
-                    break  # the full training's epochs start with a fresh pass
+        step, warm_up_ended = train_pass(model, classifier, train_loader, head_optimizer if warming_up else optimizer,
+                                         task, accelerator, step, seed, progress if warming_up else None,
+                                         args.head_warmup_steps)
+        if warm_up_ended:
+            warming_up = False
         if warming_up or warm_up_ended:
             continue  # warm-up passes are not the protocol's epochs, which count the full training only
-        probabilities, order, validation_loss = predict(model, validation_loader, accelerator, task)
-        score = primary_metric(task, score_predictions(task, kept["validation"][1][order], probabilities))
-        score = -validation_loss if score is None else score
+        score, validation_loss = validation_score(model, validation_loader, accelerator, task, validation_targets)
         epoch += 1
         if best_score is None or score > best_score:
             best_score, stale_epochs = score, 0
@@ -281,25 +290,51 @@ def finetune_one(records, task, args, seed, accelerator, output_dir: Path, data_
         if args.early_stopping_patience and stale_epochs >= args.early_stopping_patience:
             logger.info("seed %d: early stopping after %d epochs without improvement", seed, stale_epochs)
             break
+    return best_state, epoch
 
-    if best_state is not None:
-        classifier.load_state_dict(best_state)
+
+def train_pass(model, classifier, train_loader, optimizer, task, accelerator, step: int, seed: int,
+               warm_up: tqdm | None, warmup_steps: int) -> tuple[int, bool]:
+    """
+    One pass over the training data with `optimizer`. During the head warm-up (`warm_up`: its progress bar) the pass
+    ends with the warm-up, which unfreezes the encoder. Returns the step count and whether the warm-up ended.
+    """
+    model.train()
+    for pixel_values, targets, _ in train_loader:
+        loss = loss_for(task, model(pixel_values), targets)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"the fine-tuning loss became {loss.item()} at step {step} (seed {seed}); lower "
+                               "--learning_rate or use --mixed_precision no/bf16")
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if warm_up is not None:
+            warm_up.update(1)
+            if step >= warmup_steps:
+                classifier.freeze_encoder = False
+                warm_up.close()
+                logger.info("seed %d: head warm-up done after %d steps; training every layer", seed, step)
+                return step, True  # the full training's epochs start with a fresh pass
+    return step, False
+
+
+def validation_score(model, validation_loader, accelerator, task, targets) -> tuple[float, float]:
+    """The validation split's primary metric (minus the loss where the metric is undefined) and its loss."""
+    probabilities, order, validation_loss = predict(model, validation_loader, accelerator, task)
+    score = primary_metric(task, score_predictions(task, targets[order], probabilities))
+    return (-validation_loss if score is None else score), validation_loss
+
+
+def score_test_split(model, test_loader, accelerator, task, kept_test, test_records) -> dict:
+    """The test split's metrics (patient-level ones from the records' `patient_id` where the task has them)."""
     probabilities, order, _ = predict(model, test_loader, accelerator, task)
-    test_rows, test_targets = kept["test"]
+    test_rows, test_targets = kept_test
     patients = None
-    if task.patient_level and "patient_id" in records["test"].column_names:
-        all_patients = records["test"]["patient_id"]
+    if task.patient_level and "patient_id" in test_records.column_names:
+        all_patients = test_records["patient_id"]
         patients = [all_patients[int(row)] for row in test_rows[order]]
-    metrics = score_predictions(task, test_targets[order], probabilities, patient_ids=patients)
-    if accelerator.is_main_process:
-        save_file({k: v.contiguous() for k, v in classifier.state_dict().items()},
-                  str(output_dir / f"classifier_seed{seed}.safetensors"))
-    return [
-        {"model": args.encoder, "data": data_name, "task": task.name, "task_kind": task.kind,
-         "protocol": "finetune", "fraction": args.fraction, "seed": seed, "num_train": len(kept["train"][0]),
-         "epochs": epoch, "metric": metric, "value": value, "headline": metric == headline_metric(task)}
-        for metric, value in metrics.items()
-    ]
+    return score_predictions(task, test_targets[order], probabilities, patient_ids=patients)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -7,7 +7,8 @@
 
 Each encoder (a ConVIRT folder, a timm model, or a random baseline; see `convirt_hf.evaluation.encoders`) is run
 once over every split with no gradients; then, for each task, label fraction and seed, a logistic-regression head
-(or, with ``--head tversky``, a Tversky projection head) is fitted on the fraction's rows (nested, stratified subsets) with its L2 penalty chosen on the validation split,
+(or, with ``--head tversky``, a Tversky projection head) is fitted on the fraction's rows (nested, stratified
+subsets) with its L2 penalty chosen on the validation split,
 and scored on the test split. Results (one row per model, task, fraction, seed and metric, plus mean and standard
 deviation over seeds) are written as JSON and printed as a markdown table.
 """

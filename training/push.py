@@ -31,7 +31,6 @@ from pathlib import Path
 
 from convirt_hf.cli import argument_errors, check_folder_path, configure_logging, parse_arguments, run_cli
 from convirt_hf.demo.space import build_space_folder
-from convirt_hf.hub_errors import PublishError
 from convirt_hf.hub import (
     build_publish_folder,
     build_timm_folder,
@@ -42,6 +41,7 @@ from convirt_hf.hub import (
     push,
     resolve_token,
 )
+from convirt_hf.hub_errors import PublishError
 from convirt_hf.model_card import read_evaluation_file, select_model
 
 logger = logging.getLogger("convirt_hf.push")
@@ -67,7 +67,8 @@ class PushArguments:
     evaluation_model: str | None = field(
         default=None, metadata={"help": "the model's name in the evaluation files, when it is not --model_dir's path"})
     license: str | None = field(
-        default=None, metadata={"help": "the card's license (default: apache-2.0 for the synthetic corpus, else other)"})
+        default=None,
+        metadata={"help": "the card's license (default: apache-2.0 for the synthetic corpus, else other)"})
     private: bool = field(default=False, metadata={"help": "create the repos private (existing repos keep theirs)"})
     revision: str | None = field(default=None, metadata={"help": "upload to this branch (created if absent)"})
     dry_run: bool = field(default=False, metadata={"help": "build the folders and list what would be uploaded"})
@@ -140,7 +141,8 @@ def print_plan(result: dict) -> None:
     where = f"{kind}{result['repo_id']} ({result['revision']}{', private' if result['private'] else ''})"
     if not result["dry_run"] and not result.get("changed", True):
         print(f"\nNothing changed: {where} already holds these {len(result['files'])} files "
-              f"({format_size(total)}) at commit {result.get('commit')} ({result['commit_url']}); nothing was uploaded.")
+              f"({format_size(total)}) at commit {result.get('commit')} ({result['commit_url']}); nothing was "
+              "uploaded.")
         return
     print(f"\n{'Would upload' if result['dry_run'] else 'Uploaded'} {len(result['files'])} files "
           f"({format_size(total)}) from {result['folder']} to {where}:")

@@ -256,7 +256,8 @@ def check_pretrain_overrides(overrides: str) -> None:
     reserved = [f"--{name}" for name in RESERVED_PRETRAIN_ARGUMENTS if getattr(namespace, name, unset) is not unset]
     if reserved:
         raise ValueError(f"--pretrain_overrides must not set {', '.join(reserved)}: reproduce.py sets those itself for "
-                         "each run it pretrains (use its own --pretrain_config, --taus, --projections, --pretrain_seeds, "
+                         "each run it pretrains (use its own --pretrain_config, --taus, --projections, "
+                         "--pretrain_seeds, "
                          "--output_dir, --cache_dir, --synthetic_seed and --synthetic_pretrain_size)")
 
 
@@ -460,7 +461,8 @@ def main(argv: list[str] | None = None) -> dict:
         nonlocal results
         if folder not in evaluated or not evaluated[folder][0]:  # the main run lacks them if the task is not in --tasks
             probe_rows = probe(str(folder), name, records, [task], args, device)
-            directions = evaluated[folder][1] if folder in evaluated else convirt_retrieval(folder, retrieval, device)[0]
+            directions = (evaluated[folder][1] if folder in evaluated
+                          else convirt_retrieval(folder, retrieval, device)[0])
             results += probe_rows + (retrieval_rows(name, directions, tau) if folder not in evaluated else [])
             evaluated[folder] = (probe_rows, directions)
         return evaluated[folder]
@@ -571,7 +573,8 @@ def markdown_report(args: ReproduceArguments, report: dict, retrieval, device, o
             "## Probe-head ablation (this project's addition)",
             "",
             "The linear probe of ConVIRT's frozen features (the main model) with its logistic-regression head (this "
-            "project's probe protocol, Table 1a's ConVIRT row) and with a Tversky head (class prototypes over a learned "
+            "project's probe protocol, Table 1a's ConVIRT row) and with a Tversky head (class prototypes over a "
+            "learned "
             "feature bank, fitted by full-batch AdamW; see `convirt_hf.evaluation.linear_probe`); same label subsets "
             "and penalty choice on the validation split. The Tversky head's initialisation is drawn from each seed, so "
             "its spread at 100% is not 0.",

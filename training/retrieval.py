@@ -150,7 +150,8 @@ class RetrievalArguments:
             with argument_errors("models"):
                 self.kinds[model] = check_image_encoder_spec(model, self.architecture)
             if self.features == "projection" and self.kinds[model] != "convirt":
-                raise ValueError(f"--features projection: {model} is a {self.kinds[model]} encoder without a projection "
+                raise ValueError(f"--features projection: {model} is a {self.kinds[model]} encoder without a "
+                                 "projection "
                                  "head; use --features backbone to compare it")
         if not self.ks or any(k <= 0 for k in self.ks):
             raise ValueError(f"--ks must be positive integers, got {self.ks}")

@@ -16,8 +16,9 @@ whatever device the batch lives on, with per-sample random parameters:
 - :class:`BatchedAugmentation` applies a draw to a batch:
 
   1. geometry -- crop, resize to the output size, horizontal flip and torchvision's ``affine`` (rotation about the
-     view centre with ``TF.affine``'s angle sign, translation, scale, fill 0) -- as one affine grid (``F.affine_grid``'s,
-     built as an outer sum, which is five times faster on CPU) plus one bilinear ``F.grid_sample`` over the batch. The grid is the view's affine grid mapped, per sample and
+     view centre with ``TF.affine``'s angle sign, translation, scale, fill 0) -- as one affine grid
+     (``F.affine_grid``'s, built as an outer sum, which is five times faster on CPU) plus one bilinear
+     ``F.grid_sample`` over the batch. The grid is the view's affine grid mapped, per sample and
      elementwise, through flip and crop-resize into the image's own pixels (each image's own size, so zero-padded
      batches of different sizes work); coordinates are clamped to the crop box as the CPU resize does at its edges,
      and the zero fill reproduces torchvision's bilinear fill blend (``TF.affine`` multiplies by a resampled mask,
@@ -91,7 +92,8 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 # columns of the single uniform draw of sample_batch_params
 _AREA, _RATIO = slice(0, CROP_TRIES), slice(CROP_TRIES, 2 * CROP_TRIES)
-_TOP, _LEFT, _FLIP, _ANGLE, _TX, _TY, _SCALE, _BRIGHTNESS, _CONTRAST, _SIGMA = range(2 * CROP_TRIES, 2 * CROP_TRIES + 10)
+_TOP, _LEFT, _FLIP, _ANGLE, _TX, _TY, _SCALE, _BRIGHTNESS, _CONTRAST, _SIGMA = range(2 * CROP_TRIES,
+                                                                                     2 * CROP_TRIES + 10)
 _COLUMNS = 2 * CROP_TRIES + 10
 
 

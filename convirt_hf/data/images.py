@@ -141,8 +141,7 @@ def load_image(
             unreadable DICOM, or `source` is no kind of image (``"unsupported_image"``).
         ImportError: the source is a DICOM file and pydicom is not installed.
     """
-    if repairs is not None:
-        ledger = _RepairList(repairs, ledger)
+    reporter: SkipLedger | _RepairList | None = ledger if repairs is None else _RepairList(repairs, ledger)
     source = _resolve_source(source)
     if isinstance(source, Image.Image):
         _check_pixels(source.size, max_pixels, _describe(source))
@@ -150,18 +149,18 @@ def load_image(
             # An image from Image.open() that was never loaded: decode it now, with the same checks.
             filename = getattr(source, "filename", "") or ""
             _decode(source, _describe(source), lambda: Path(filename).read_bytes() if filename else b"")
-        return to_grayscale_8bit(source, row_id=row_id, ledger=ledger)
+        return to_grayscale_8bit(source, row_id=row_id, ledger=reporter)
     if isinstance(source, np.ndarray):
-        return _from_array(source, max_pixels=max_pixels, row_id=row_id, ledger=ledger)
+        return _from_array(source, max_pixels=max_pixels, row_id=row_id, ledger=reporter)
     if isinstance(source, (str, os.PathLike)):
-        return _load_path(Path(source), max_pixels=max_pixels, row_id=row_id, ledger=ledger, draft_size=draft_size)
+        return _load_path(Path(source), max_pixels=max_pixels, row_id=row_id, ledger=reporter, draft_size=draft_size)
     if isinstance(source, bytes):
         if not source:
             raise ImageProblem("zero_byte", "empty image bytes")
         if _looks_like_dicom(source):
             return _load_dicom(io.BytesIO(source), "<dicom bytes>", max_pixels=max_pixels)
         return _load_encoded(lambda: io.BytesIO(source), lambda: source, _describe(source), max_pixels=max_pixels,
-                             row_id=row_id, ledger=ledger, draft_size=draft_size)
+                             row_id=row_id, ledger=reporter, draft_size=draft_size)
     # A row whose image cell holds a number or a list is bad input like a corrupt file: skipped and counted.
     raise ImageProblem("unsupported_image", f"unsupported image source type {type(source).__name__}")
 

@@ -10,7 +10,7 @@ with persistent workers, where an attribute set on the dataset in the main proce
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ class EpochShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.num_rows, generator=generator).tolist()
+            order: Sequence[int] = torch.randperm(self.num_rows, generator=generator).tolist()
         else:
             order = range(self.num_rows)
         offset = self.epoch * self.num_rows

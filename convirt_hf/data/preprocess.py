@@ -32,7 +32,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,7 @@ def split_mapping(split: str | Sequence[str] | dict | None) -> dict[str | None, 
     """
     if split is None or isinstance(split, str):
         return {None: split}
+    mapping: dict[str | None, str | None]
     if isinstance(split, dict):
         mapping = {str(name): source for name, source in split.items()}
     else:
@@ -341,17 +342,18 @@ def _read_inputs(dataset_or_source: Any, load_pairs_kwargs: dict, *, strict: boo
             ledger.reports_read.update(dataset_report_keys(dataset))
         return inputs, ledger, None
     splits = split_mapping(load_pairs_kwargs.pop("split", None))
-    inputs, ledger = {}, None
+    inputs = {}
+    merged: PairLedger | None = None
     for name, source_split in splits.items():
         dataset, split_ledger = load_pairs(dataset_or_source, split=source_split, check_images=False,
                                            num_proc=num_proc, cache_dir=cache, writer_batch_size=writer_batch_size,
                                            progress=progress, max_logged_per_reason=max_logged_per_reason,
                                            **load_pairs_kwargs)
-        if ledger is None:
-            ledger = PairLedger(source=split_ledger.source, strict=strict, max_logged_per_reason=max_logged_per_reason)
-        ledger.merge(split_ledger)
+        if merged is None:
+            merged = PairLedger(source=split_ledger.source, strict=strict, max_logged_per_reason=max_logged_per_reason)
+        merged.merge(split_ledger)
         inputs[name] = dataset
-    return inputs, ledger, load_pairs_kwargs.get("kind", "auto")
+    return inputs, merged, load_pairs_kwargs.get("kind", "auto")
 
 
 def _resize_inputs(inputs: dict, ledger: PairLedger, *, size: int, max_pixels: int, strict: bool,
@@ -405,7 +407,7 @@ def _write_summary(work: Path, ledger: PairLedger, outputs: dict, *, source: str
                     for key, value in options.items()
                     if isinstance(value, (str, int, float, bool, tuple, list, type(None)))},
         "seconds": round(time.perf_counter() - started, 1),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (work / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def _header(engine: DemoEngine, spec: str) -> None:
     gr.Markdown(f"**Model**: `{spec}` ({details}). {engine.gallery.status()}", elem_id="gallery-status")
 
 
-def _upload(prefix: str, engine: DemoEngine, examples: list[tuple[str, str]]):
+def _upload(prefix: str, engine: DemoEngine, examples: Sequence[tuple[str, str]]):
     """A file upload (any format the processor reads, DICOM included) with a preview of what the model sees."""
     upload = gr.File(label=f"Radiograph ({ACCEPTED_FORMATS})", type="filepath", elem_id=f"{prefix}-upload",
                      height=120)
@@ -133,7 +134,7 @@ def _search_tabs(engine: DemoEngine, examples) -> None:
         button.click(image_to_image, [upload, slider], [gallery, table], api_name="image_to_image")
 
 
-def build_blocks(engine: DemoEngine, spec: str, examples: list[tuple[str, str]] = ()) -> gr.Blocks:
+def build_blocks(engine: DemoEngine, spec: str, examples: Sequence[tuple[str, str]] = ()) -> gr.Blocks:
     """The page: a header with the model card's summary and the gallery's status, then the three tabs."""
     with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
         _header(engine, spec)

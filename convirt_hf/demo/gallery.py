@@ -197,7 +197,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class GalleryIndex:
     """The embedded images of a gallery: row i of `embeddings` is image `positions[i]` of `source`."""
 
-    source: object
+    source: FolderGallery | DatasetGallery
     positions: list[int]
     embeddings: torch.Tensor
     skipped: list[tuple[str, str]]
@@ -249,7 +249,11 @@ def _embed(demo_model, source, batch_size: int, max_megapixels: float, progress:
 
     from convirt_hf.evaluation.zero_shot import embed_images
 
-    positions, chunks, skipped, batch, batch_positions = [], [], [], [], []
+    positions: list[int] = []
+    chunks: list[torch.Tensor] = []
+    skipped: list[tuple[str, str]] = []
+    batch: list = []  # PIL images
+    batch_positions: list[int] = []
 
     def flush():
         if batch:

@@ -52,7 +52,8 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
     try:
         model_type = json.loads(config_path.read_text()).get("model_type")
     except (ValueError, AttributeError) as error:
-        raise ModelLoadError(f"{folder} is not a ConVIRT model folder: config.json is not a JSON object ({error})")
+        raise ModelLoadError(f"{folder} is not a ConVIRT model folder: config.json is not a JSON object ({error})") \
+            from error
     if model_type != "convirt":
         raise ModelLoadError(f"{folder} is not a ConVIRT model folder: its config.json has model_type {model_type!r}, "
                              "not 'convirt'")
@@ -119,7 +120,8 @@ def card_summary(folder: Path) -> tuple[str, str]:
     if text.startswith("---"):  # YAML metadata first: the body starts after its closing line
         end = text.find("\n---", 3)
         text = text[end + 4:] if end != -1 else ""
-    title, paragraph = None, []
+    title: str | None = None
+    paragraph: list[str] = []
     for line in text.splitlines():
         stripped = line.strip()
         if title is None:
@@ -164,9 +166,9 @@ def load_demo_model(spec: str | os.PathLike, device: str | None = None) -> DemoM
     from convirt_hf import ConvirtModel, ConvirtProcessor
 
     folder = resolve_model(spec)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        model = ConvirtModel.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+        model = ConvirtModel.from_pretrained(folder, dtype=torch.float32).to(torch_device).eval()
         processor = ConvirtProcessor.from_pretrained(folder)
     except Exception as error:  # a damaged folder fails deep inside transformers in many ways
         raise ModelLoadError(f"{spec} looks like a ConVIRT folder but could not be loaded "
@@ -175,6 +177,6 @@ def load_demo_model(spec: str | os.PathLike, device: str | None = None) -> DemoM
     config = model.config
     details = {"image encoder": config.image_model_name, "image size": f"{config.image_size} px",
                "embedding": config.projection_dim, "tau": config.tau}
-    logger.info("loaded the ConVIRT model %s from %s on %s", spec, folder, device)
-    return DemoModel(str(spec), folder, model, processor, device, model_digest(folder), title, summary,
+    logger.info("loaded the ConVIRT model %s from %s on %s", spec, folder, torch_device)
+    return DemoModel(str(spec), folder, model, processor, torch_device, model_digest(folder), title, summary,
                      float(config.tau), details)

@@ -44,6 +44,7 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -344,6 +345,33 @@ def select_chexpert_retrieval(
         raise ValueError(f"candidates_per_category and queries_per_category must be >= 1, got "
                          f"{candidates_per_category} and {queries_per_category}")
     paths = _as_paths(csv_paths)
+    rows, duplicates = _read_unique_rows(paths, exclude_other_findings)
+    root_dir = Path(root).expanduser() if root is not None else _default_root(paths[0], next(iter(rows), None))
+    if not root_dir.is_dir():
+        raise FileNotFoundError(f"CheXpert root {root_dir} does not exist (the folder holding CheXpert-v1.0)")
+    counts, pools = _clean_pools(rows, duplicates, frontal_only, exclude_other_findings)
+    _check_pool_sizes(pools, counts, candidates_per_category, queries_per_category)
+
+    files = _Files(root_dir)
+    orders = _shuffled_pools(pools, seed)
+    queries, query_patients = _pick_queries(orders, queries_per_category, files)
+    candidates, excluded_patients = _pick_candidates(orders, queries, query_patients, candidates_per_category, files)
+    counts["missing_images"] = len(files.missing)
+    counts["query_patient_rows_left_out"] = excluded_patients
+    _check_shortfalls(queries, candidates, counts, queries_per_category, candidates_per_category, files, root_dir)
+    if files.missing:
+        logger.warning("%d image files missing under %s were skipped", len(files.missing), root_dir)
+    counts["selected"] = {category: {"candidates": len(candidates[category]), "queries": len(queries[category])}
+                          for category in RETRIEVAL_CATEGORIES}
+    return ChexpertSelection(
+        candidates=[_record(row, c, files) for c in RETRIEVAL_CATEGORIES for row in candidates[c]],
+        queries=[_record(row, c, files) for c in RETRIEVAL_CATEGORIES for row in queries[c]],
+        counts=counts, missing=list(files.missing), root=str(root_dir),
+    )
+
+
+def _read_unique_rows(paths: list[Path], exclude_other_findings: bool) -> tuple[dict[str, dict], int]:
+    """The CSVs' rows by image path (a path listed again is read once) and the number of repeated rows."""
     rows: dict[str, dict] = {}
     duplicates = 0
     for path in paths:
@@ -352,10 +380,12 @@ def select_chexpert_retrieval(
                 duplicates += 1
                 continue
             rows[row["path"]] = row
-    root = Path(root).expanduser() if root is not None else _default_root(paths[0], next(iter(rows), None))
-    if not root.is_dir():
-        raise FileNotFoundError(f"CheXpert root {root} does not exist (the folder holding CheXpert-v1.0)")
+    return rows, duplicates
 
+
+def _clean_pools(rows: dict[str, dict], duplicates: int, frontal_only: bool,
+                 exclude_other_findings: bool) -> tuple[dict, dict[str, list[dict]]]:
+    """The selection's counts so far and the clean rows of each category (the rest counted by reason)."""
     counts: dict = {"rows": len(rows), "duplicate_rows": duplicates, "lateral": 0, "uncertain": 0,
                     "multiple_positive": 0, "no_positive": 0, "other_findings": 0}
     pools: dict[str, list[dict]] = {category: [] for category in RETRIEVAL_CATEGORIES}
@@ -369,29 +399,42 @@ def select_chexpert_retrieval(
         else:
             pools[category].append(row)
     counts["clean"] = {category: len(pool) for category, pool in pools.items()}
+    return counts, pools
+
+
+def _check_pool_sizes(pools: dict[str, list[dict]], counts: dict, candidates_per_category: int,
+                      queries_per_category: int) -> None:
+    """Fails, naming each short category and why rows were left out, when a pool cannot fill its queries and
+    candidates."""
     needed = candidates_per_category + queries_per_category
     short = {category: len(pool) for category, pool in pools.items() if len(pool) < needed}
     if short:
         raise ValueError(
             "too few clean rows for " + ", ".join(f"category {c!r} ({n} clean)" for c, n in short.items())
             + f": each needs {candidates_per_category} candidates + {queries_per_category} queries = {needed} "
-            f"(of {len(rows)} rows: {counts['lateral']} lateral, {counts['uncertain']} uncertain, "
+            f"(of {counts['rows']} rows: {counts['lateral']} lateral, {counts['uncertain']} uncertain, "
             f"{counts['multiple_positive']} with several and {counts['no_positive']} with none of the 8 labels "
             f"positive, {counts['other_findings']} with other findings)"
         )
 
-    files = _Files(root)
+
+def _shuffled_pools(pools: dict[str, list[dict]], seed: int) -> dict[str, list[dict]]:
+    """Each category's rows in a seeded random order that does not depend on the CSVs' row order."""
     orders = {}
     for index, category in enumerate(RETRIEVAL_CATEGORIES):
         pool = sorted(pools[category], key=lambda row: row["path"])
         permutation = np.random.default_rng([seed, index]).permutation(len(pool))
         orders[category] = [pool[i] for i in permutation]
+    return orders
 
-    # queries first, one per patient; then candidates from the patients without a query
+
+def _pick_queries(orders: dict[str, list[dict]], queries_per_category: int,
+                  files: _Files) -> tuple[dict[str, list[dict]], set]:
+    """The queries of each category, at most one per patient over all categories, and their patients."""
     queries: dict[str, list[dict]] = {}
     query_patients: set = set()
     for category in RETRIEVAL_CATEGORIES:
-        chosen = []
+        chosen: list[dict] = []
         for row in orders[category]:
             if len(chosen) == queries_per_category:
                 break
@@ -400,11 +443,19 @@ def select_chexpert_retrieval(
             chosen.append(row)
             query_patients.add(row["patient_id"])
         queries[category] = chosen
+    return queries, query_patients
+
+
+def _pick_candidates(orders: dict[str, list[dict]], queries: dict[str, list[dict]], query_patients: set,
+                     candidates_per_category: int, files: _Files) -> tuple[dict[str, list[dict]], dict[str, int]]:
+    """The candidates of each category, from the patients without a query, and how many rows of query patients
+    each category left out."""
     query_paths = {row["path"] for chosen in queries.values() for row in chosen}
     candidates: dict[str, list[dict]] = {}
     excluded_patients = {}
     for category in RETRIEVAL_CATEGORIES:
-        chosen, excluded = [], 0
+        chosen: list[dict] = []
+        excluded = 0
         for row in orders[category]:
             if len(chosen) == candidates_per_category:
                 break
@@ -417,28 +468,24 @@ def select_chexpert_retrieval(
                 chosen.append(row)
         candidates[category] = chosen
         excluded_patients[category] = excluded
+    return candidates, excluded_patients
 
-    counts["missing_images"] = len(files.missing)
-    counts["query_patient_rows_left_out"] = excluded_patients
+
+def _check_shortfalls(queries: dict[str, list[dict]], candidates: dict[str, list[dict]], counts: dict,
+                      queries_per_category: int, candidates_per_category: int, files: _Files, root: Path) -> None:
+    """Fails, naming each category short of queries or candidates, once missing files or shared patients left
+    too few."""
     shortfalls = [
         f"category {category!r}: {len(queries[category])} of {queries_per_category} queries and "
         f"{len(candidates[category])} of {candidates_per_category} candidates "
-        f"({counts['clean'][category]} clean rows, {excluded_patients[category]} left out as query patients' films)"
+        f"({counts['clean'][category]} clean rows, {counts['query_patient_rows_left_out'][category]} left out as "
+        "query patients' films)"
         for category in RETRIEVAL_CATEGORIES
         if len(queries[category]) < queries_per_category or len(candidates[category]) < candidates_per_category
     ]
     if shortfalls:
         raise ValueError(f"too few usable rows ({len(files.missing)} image files missing under {root}): "
                          + "; ".join(shortfalls))
-    if files.missing:
-        logger.warning("%d image files missing under %s were skipped", len(files.missing), root)
-    counts["selected"] = {category: {"candidates": len(candidates[category]), "queries": len(queries[category])}
-                          for category in RETRIEVAL_CATEGORIES}
-    return ChexpertSelection(
-        candidates=[_record(row, c, files) for c in RETRIEVAL_CATEGORIES for row in candidates[c]],
-        queries=[_record(row, c, files) for c in RETRIEVAL_CATEGORIES for row in queries[c]],
-        counts=counts, missing=list(files.missing), root=str(root),
-    )
 
 
 def is_listed_retrieval_csv(path: str | os.PathLike) -> bool:
@@ -642,6 +689,7 @@ def build_chexpert_retrieval_set(
     """
     paths = _as_paths(csv_paths)
     listed = [is_listed_retrieval_csv(path) for path in paths]
+    settings: dict[str, Any]
     if any(listed):
         if len(paths) != 1:
             raise ValueError("a CSV that lists a retrieval set (Path, category, role) must be given alone")

@@ -87,6 +87,7 @@ def check_classification_splits(dataset: str | None, names: dict[str, str | None
     """
     from convirt_hf.data.synthetic import SPLITS
 
+    available: list[str] | None
     if dataset is None:
         available, where = list(SPLITS), "the synthetic corpus"
     else:

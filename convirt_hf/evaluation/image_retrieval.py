@@ -57,7 +57,8 @@ def retrieval_encoder(spec: str, features: str = "backbone", architecture: str |
 
 
 def image_to_image(encoder: ImageEncoder, retrieval, ks: Sequence[int] = DEFAULT_KS, device=None,
-                   batch_size: int = 64, progress: bool = False, resize: int | None = None) -> tuple[dict, torch.Tensor]:
+                   batch_size: int = 64, progress: bool = False,
+                   resize: int | None = None) -> tuple[dict, torch.Tensor]:
     """
     Image->image Precision@k (see `precision_at_k`) of `encoder` on a retrieval set, with the candidates' L2-normalised
     features (for embedding maps). Images get the evaluation view the ConVIRT processor makes, at the encoder's size:

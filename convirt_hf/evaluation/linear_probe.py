@@ -19,6 +19,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ class _ProbabilityHead:
     """Class probabilities from a head's `logits` and task `kind`."""
 
     kind: str
+    weight_decay: float
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -48,8 +50,8 @@ class _ProbabilityHead:
         """Class probabilities: sigmoid per output for binary/multi-label tasks, softmax for multi-class."""
         with torch.no_grad():
             logits = self.logits(features.float())
-            probabilities = logits.softmax(dim=-1) if self.kind == "multiclass" else logits.sigmoid()
-        probabilities = probabilities.numpy()
+            tensor = logits.softmax(dim=-1) if self.kind == "multiclass" else logits.sigmoid()
+        probabilities = tensor.numpy()
         return probabilities[:, 0] if self.kind == "binary" else probabilities
 
 
@@ -195,7 +197,8 @@ def _select_head(task, train_x, train_y, val_x, val_y, weight_decays, head="line
         key = (score if score is not None else -math.inf, -loss)
         if best_key is None or key > best_key:
             best, best_key = fitted, key
-    return best, (None if best_key[0] == -math.inf else best_key[0])
+    # a head was kept unless `weight_decays` is empty (best_key[0] then fails, as it always did)
+    return cast(_ProbabilityHead, best), (None if best_key[0] == -math.inf else best_key[0])
 
 
 def run_linear_probe(

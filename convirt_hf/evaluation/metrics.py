@@ -274,7 +274,7 @@ def metric_module_path(name: str) -> str:
 
 def load_metric(
     name: str, config_name: str | None = None, keep_in_memory: bool = True, **kwargs: Any
-) -> "evaluate.EvaluationModule":
+) -> evaluate.EvaluationModule:
     """
     Load one of the project's `evaluate` modules ("accuracy", "precision_at_k", "roc_auc") from its local path.
 

@@ -46,7 +46,8 @@ def format_probe_table(summary: Sequence[dict], model_names: dict[str, str] | No
     columns = list(dict.fromkeys((row["task"], row["metric"], row["fraction"]) for row in headline))
     index = {(row["model"], row.get("head"), row["task"], row["metric"], row["fraction"]): row for row in headline}
     names = model_names or {}
-    header = "| model | " + " | ".join(f"{task} {metric} {100 * fraction:g}%" for task, metric, fraction in columns) + " |"
+    header = "| model | " + " | ".join(f"{task} {metric} {100 * fraction:g}%"
+                                       for task, metric, fraction in columns) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 1)]
     for model, head in models:
         cells = [_cell(index.get((model, head, task, metric, fraction))) for task, metric, fraction in columns]

@@ -53,19 +53,22 @@ def precision_at_k(
         "num_candidates": {...}}`. `mean` averages over queries (over categories when each has the same number of
         queries); a k is `None` where it exceeds the category's candidate count.
     """
-    scores = similarity.detach().float().cpu().numpy() if isinstance(similarity, torch.Tensor) else np.asarray(similarity, dtype=np.float64)
-    query_labels, candidate_labels = list(query_labels), np.asarray(list(candidate_labels), dtype=object)
-    if scores.shape != (len(query_labels), len(candidate_labels)):
+    scores = (similarity.detach().float().cpu().numpy() if isinstance(similarity, torch.Tensor)
+              else np.asarray(similarity, dtype=np.float64))
+    query_labels = list(query_labels)
+    candidates = np.asarray(list(candidate_labels), dtype=object)
+    if scores.shape != (len(query_labels), len(candidates)):
         raise ValueError(
-            f"similarity has shape {scores.shape}, expected ({len(query_labels)} queries, {len(candidate_labels)} candidates)"
+            f"similarity has shape {scores.shape}, expected ({len(query_labels)} queries, "
+            f"{len(candidates)} candidates)"
         )
     categories = sorted(set(query_labels))
-    candidate_counts = {category: int((candidate_labels == category).sum()) for category in categories}
+    candidate_counts = {category: int((candidates == category).sum()) for category in categories}
     per_query: dict[int, list[float | None]] = {k: [] for k in ks}
     for row, label in enumerate(query_labels):
-        relevant = candidate_labels == label
+        relevant = candidates == label
         for k in ks:
-            applicable = k <= candidate_counts[label] and k <= len(candidate_labels)
+            applicable = k <= candidate_counts[label] and k <= len(candidates)
             per_query[k].append(precision_at_k_single(scores[row], relevant, k) if applicable else None)
 
     def mean_or_none(values):

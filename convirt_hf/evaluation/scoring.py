@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["headline_metric", "patient_level", "primary_metric", "score_predictions"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _metric(name: str, config_name: str | None = None):
     # loading a module imports its script (about a second); computing with it takes milliseconds
     return load_metric(name, config_name=config_name)
@@ -47,7 +47,8 @@ def patient_level(
 
 def _scores(task: ClassificationTask, targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float | None]:
     if task.kind == "binary":
-        auc = _metric("roc_auc", "binary").compute(prediction_scores=probabilities.tolist(), references=targets.tolist())
+        auc = _metric("roc_auc", "binary").compute(prediction_scores=probabilities.tolist(),
+                                                   references=targets.tolist())
         accuracy = _metric("accuracy").compute(predictions=probabilities.tolist(), references=targets.tolist(),
                                                threshold=0.5)
         return {"auc": auc["roc_auc"], "accuracy": accuracy["accuracy"]}

@@ -127,7 +127,8 @@ def parse_task(spec: str) -> ClassificationTask:
     rest = rest.removesuffix("@patient")
     kind, separator, classes = rest.partition(":")
     if not separator or kind not in TASK_KINDS:
-        raise ValueError(f"task {spec!r}: expected a preset ({', '.join(presets)}) or '[name=]kind:class,...' with kind "
+        raise ValueError(f"task {spec!r}: expected a preset ({', '.join(presets)}) or '[name=]kind:class,...' "
+                         "with kind "
                          f"one of {TASK_KINDS}")
     names = [item.strip() for item in classes.split(",") if item.strip()]
     return ClassificationTask(name or (names[0] if kind == "binary" and names else kind), kind, names, patient)
@@ -158,8 +159,8 @@ def stratified_order(strata: Sequence, seed: int, lead_with_each_stratum: bool =
         leaders.append(members[0])
     order = np.argsort(keys, kind="stable")
     if lead_with_each_stratum:
-        leaders = np.asarray(sorted(leaders, key=lambda index: keys[index]), dtype=np.int64)
-        order = np.concatenate([leaders, order[~np.isin(order, leaders)]])
+        leading = np.asarray(sorted(leaders, key=lambda index: keys[index]), dtype=np.int64)
+        order = np.concatenate([leading, order[~np.isin(order, leading)]])
     return order
 
 

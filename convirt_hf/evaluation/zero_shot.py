@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from convirt_hf.modes import evaluating
-from .retrieval import DEFAULT_KS, precision_at_k
 
+from .retrieval import DEFAULT_KS, precision_at_k
 
 # Prepared pixel values of a retrieval set are kept between evaluations up to this size (the demo's 480 images at
 # 64 px take 24 MB; the paper's 8 x 200 set at 224 px would take 1 GB and is prepared at every evaluation instead).
@@ -57,7 +57,8 @@ class RetrievalSet:
         labels = records["labels"]
         bad = [i for i, row in enumerate(labels) if len(row) != 1]
         if bad:
-            raise ValueError(f"{split}: retrieval rows need exactly one label; rows {bad[:10]} have {len(labels[bad[0]])}")
+            raise ValueError(f"{split}: retrieval rows need exactly one label; rows {bad[:10]} have "
+                             f"{len(labels[bad[0]])}")
         return [row[0] for row in labels]
 
     @property
@@ -84,7 +85,8 @@ def load_retrieval_set(path: str | Path) -> RetrievalSet:
     if missing or not (path / "text_queries.json").is_file():
         raise ValueError(
             f"{path} is not a retrieval set: it needs the splits retrieval_candidates and retrieval_queries and a "
-            f"text_queries.json (missing: {missing + ([] if (path / 'text_queries.json').is_file() else ['text_queries.json'])})"
+            f"text_queries.json (missing: "
+            f"{missing + ([] if (path / 'text_queries.json').is_file() else ['text_queries.json'])})"
         )
     text_queries = json.loads((path / "text_queries.json").read_text())
     return RetrievalSet(corpus["retrieval_candidates"], corpus["retrieval_queries"], text_queries)

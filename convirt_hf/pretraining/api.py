@@ -1,4 +1,5 @@
-"""`pretrain(model_args, data_args, training_args)`: a whole pretraining run, from checked arguments to the final folder.
+"""`pretrain(model_args, data_args, training_args)`: a whole pretraining run, from checked arguments to the final
+folder.
 
 The phases, in the order they run (each one function, as in accelerate's examples):
 
@@ -166,7 +167,8 @@ def start_run(accelerator, args: PretrainingArguments, preset, output_dir: Path)
         shutil.rmtree(output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / RUN_MARKER).write_text(json.dumps({"script": "pretrain", "preset": str(preset) if preset else None}))
+        (output_dir / RUN_MARKER).write_text(json.dumps({"script": "pretrain",
+                                                         "preset": str(preset) if preset else None}))
     accelerator.wait_for_everyone()
     if args.global_batch_size is not None:
         logger.info("--global_batch_size %d: %d pairs per process", args.global_batch_size, args.per_device_batch_size)
@@ -276,7 +278,8 @@ def restore_state(run: TrainingRun, state: TrainState) -> tuple[TrainState, dict
 
 def start_trackers(accelerator, model_args, data_args, args, tracker_options: dict) -> None:
     if accelerator.is_main_process:
-        hyperparameters = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
+        hyperparameters = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args),
+                           **dataclasses.asdict(args)}
         accelerator.init_trackers("convirt", config={k: v for k, v in hyperparameters.items()
                                                      if isinstance(v, (int, float, str, bool))},
                                   init_kwargs=tracker_options)

@@ -399,4 +399,5 @@ class PretrainingArguments:
         if Path(self.output_dir).expanduser().exists() and not Path(self.output_dir).expanduser().is_dir():
             raise ValueError(f"--output_dir {self.output_dir!r} exists and is a file, not a folder")
         if self.overwrite_output_dir and self.resume is not None:
-            raise ValueError("--overwrite_output_dir and --resume contradict each other: a resumed run keeps its folder")
+            raise ValueError("--overwrite_output_dir and --resume contradict each other: a resumed run keeps its "
+                             "folder")

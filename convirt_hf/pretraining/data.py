@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 
 from convirt_hf.data.collate import ConvirtCollator
 from convirt_hf.data.gpu_augment import BatchedAugmentation, BatchParams, DecodedImage, batch_seed
+from convirt_hf.data.holdout import held_out_patients, patient_holdout, warn_if_patients_shared
 from convirt_hf.data.pairs import EpochShuffleSampler, PairViews
 from convirt_hf.data.transforms import AUGMENTATION_PRESETS, ConvirtEvalTransform, ConvirtTrainTransform
-from convirt_hf.data.holdout import held_out_patients, patient_holdout, warn_if_patients_shared
 from convirt_hf.evaluation.zero_shot import load_retrieval_set
 from convirt_hf.frozen_text import FrozenTextFeatures
 

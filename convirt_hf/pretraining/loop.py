@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from convirt_hf import ConvirtProcessor
 from convirt_hf.checkpointing import latest_checkpoint, save_checkpoint
+from convirt_hf.data.pairs import EpochShuffleSampler
 from convirt_hf.evaluation.zero_shot import RetrievalSet, evaluate_retrieval
 from convirt_hf.frozen_text import FrozenTextFeatures
 from convirt_hf.lr_schedule import LearningRateController
@@ -34,16 +38,16 @@ logger = logging.getLogger("convirt_hf.pretrain")
 class TrainingRun:
     """The prepared pieces of one pretraining run, shared by every phase of the loop."""
 
-    accelerator: object
+    accelerator: Accelerator
     model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped in multi-process runs)
     optimizer: torch.optim.Optimizer
     loss_fn: torch.nn.Module
     controller: LearningRateController
-    train_loader: object
-    train_sampler: object
-    validation_loader: object
+    train_loader: DataLoader
+    train_sampler: EpochShuffleSampler
+    validation_loader: DataLoader
     retrieval: RetrievalSet | None
-    processor: object
+    processor: ConvirtProcessor
     args: PretrainingArguments
     data_args: DataArguments
     output_dir: Path

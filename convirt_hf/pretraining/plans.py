@@ -90,7 +90,7 @@ def ensure_run(planned: PlannedRun, retrain_mismatches: bool = False) -> Path:
             raise ValueError(f"{folder} holds a finished run trained with other settings ({'; '.join(problems[:4])}): "
                              "pass --overwrite to train it again")
         logger.info("training %s again: %s", folder, "; ".join(problems[:4]))
-        run_settings = {"overwrite_output_dir": True}
+        run_settings: dict[str, bool | str] = {"overwrite_output_dir": True}
     elif latest_checkpoint(folder / "checkpoints") is not None:
         run_settings = {"resume": "latest"}
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 from convirt_hf import ConvirtConfig, ConvirtModel, ConvirtProcessor
 from convirt_hf.modeling.configuration_convirt import check_partial_text_freezing
@@ -48,7 +49,8 @@ def check_towers(model_args: ModelArguments, data_args: DataArguments):
     except ValueError as error:  # its message starts with "frozen_text_layers"
         raise ValueError(f"--{error} (--text_tower {spec!r})") from error
     if data_args.max_length > config.max_position_embeddings:
-        raise ValueError(f"--max_length ({data_args.max_length}) exceeds the {config.max_position_embeddings} positions "
+        raise ValueError(f"--max_length ({data_args.max_length}) exceeds the {config.max_position_embeddings} "
+                         "positions "
                          f"of --text_tower {spec!r}")
     return text_tower
 
@@ -92,13 +94,13 @@ def choose_text_pooling(model: ConvirtModel, tokenizer, model_args: ModelArgumen
     """
     from accelerate.utils import broadcast_object_list
 
-    decision = [None]
+    payload: list[dict | None] = [None]
     if accelerator.is_main_process:
         sentences = distinct_sentences(train_records)
         spread = pooling_spread(model.text_encoder, tokenizer, sentences, max_length=data_args.max_length)
         chosen = min(spread, key=spread.get) if model_args.text_pooling == "auto" else model_args.text_pooling
-        decision = [{"chosen": chosen, "mean_cosine_between_sentences": spread, "sentences_measured": len(sentences)}]
-    decision = broadcast_object_list(decision)[0]
+        payload = [{"chosen": chosen, "mean_cosine_between_sentences": spread, "sentences_measured": len(sentences)}]
+    decision = broadcast_object_list(payload)[0]
     model.config.text_pooling = decision["chosen"]
     spread = decision["mean_cosine_between_sentences"]
     logger.info("text pooling: %s (%s); mean cosine between the embeddings of %d different training sentences: %s",
@@ -123,7 +125,8 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, text_tower
             intermediate_size=4 * model_args.text_hidden_size,
             max_position_embeddings=max(128, data_args.max_length),
         )
-        text_config.hidden_dropout_prob = text_config.attention_probs_dropout_prob = model_args.text_dropout
+        dropout = cast(float, model_args.text_dropout)  # ModelArguments sets it for the from-scratch tower
+        text_config.hidden_dropout_prob = text_config.attention_probs_dropout_prob = dropout
 
     config_fields = dict(
         projection=model_args.projection,
@@ -142,7 +145,8 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, text_tower
     )
     if text_tower is None:
         model = ConvirtModel(
-            ConvirtConfig(image_model_name=model_args.image_model_name, text_config=text_config.to_dict(), **config_fields)
+            ConvirtConfig(image_model_name=model_args.image_model_name, text_config=text_config.to_dict(),
+                          **config_fields)
         )
     else:
         model = ConvirtModel.from_pretrained_towers(

@@ -176,7 +176,8 @@ def test_params_convert_both_ways():
     # translations of draws made for other view sizes are converted to the first draw's unit
     mixed = params_from_list([_identity().replace(translate=(2.0, 1.0)),
                               _identity().replace(translate=(4.0, -2.0), view_size=2 * SIZE)])
-    assert mixed.view_size == SIZE and mixed.translate_x.tolist() == [2.0, 2.0] and mixed.translate_y.tolist() == [1, -1]
+    assert mixed.view_size == SIZE and mixed.translate_x.tolist() == [2.0, 2.0]
+    assert mixed.translate_y.tolist() == [1, -1]
     with pytest.raises(ValueError, match="view_size"):
         params_from_list([_identity(), _identity().replace(view_size=None)])
     with pytest.raises(ValueError, match="at least one"):

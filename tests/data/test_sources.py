@@ -20,8 +20,7 @@ from convirt_hf.data import sources
 from convirt_hf.data.records import RECORD_COLUMNS, RECORD_FEATURES, make_record
 from convirt_hf.data.reports import prepare_report
 from convirt_hf.data.skips import BadInputError
-from convirt_hf.data.sources import checks, generic, pipeline, registry, tables
-from convirt_hf.data.sources import detect_kind, load_pairs
+from convirt_hf.data.sources import checks, detect_kind, generic, load_pairs, pipeline, registry, tables
 
 GOOD_REPORT = "FINDINGS: The heart is enlarged. There is a small left pleural effusion.\nIMPRESSION: Cardiomegaly."
 
@@ -271,7 +270,8 @@ def test_imagefolder_with_metadata_jsonl_and_split_folders(tmp_path):
 
 
 def test_hub_kind_reads_a_local_dataset_folder_offline(tmp_path):
-    from datasets import Dataset, Features, Image as ImageFeature, Value
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
 
     folder = tmp_path / "hub-like"
     folder.mkdir()
@@ -363,7 +363,7 @@ def test_auto_detection_errors(tmp_path):
 
 
 def test_decode_bytes_keeps_valid_utf8_and_re_decodes_only_the_stray_bytes():
-    mixed = "Größe normal ".encode() + b"\x96" + " Erguss.".encode()  # UTF-8 with one cp1252 en dash
+    mixed = "Größe normal ".encode() + b"\x96" + b" Erguss."  # UTF-8 with one cp1252 en dash
     assert sources.decode_bytes(mixed) == ("Größe normal \u2013 Erguss.", True)
     assert sources.decode_bytes("caf\u00e9 \u2013 ok".encode("cp1252")) == ("caf\u00e9 \u2013 ok", True)
     assert sources.decode_bytes(b"caf\xe9 \x81") == ("caf\u00e9 \x81", True)  # 0x81 is undefined in cp1252: latin-1
@@ -469,7 +469,8 @@ def test_a_single_binary_label_column_is_binary_and_a_names_column_is_explicit(t
 
 
 def test_class_label_columns_give_class_names(tmp_path):
-    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, Sequence, Value
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
+    from datasets import Image as ImageFeature
 
     features = Features({"image": ImageFeature(), "text": Value("string"),
                          "finding": ClassLabel(names=["edema", "pneumonia"]),

@@ -14,9 +14,6 @@ import pytest
 from PIL import Image
 
 from convirt_hf.data import synthetic
-from convirt_hf.data.synthetic import anatomy as synthetic_anatomy
-from convirt_hf.data.synthetic import corpus as synthetic_corpus
-from convirt_hf.data.synthetic import writing as synthetic_writing
 from convirt_hf.data.records import RECORD_COLUMNS
 from convirt_hf.data.reports import extract_sections, split_sentences
 from convirt_hf.data.synthetic import (
@@ -42,6 +39,9 @@ from convirt_hf.data.synthetic import (
     sample_findings,
     write_report,
 )
+from convirt_hf.data.synthetic import anatomy as synthetic_anatomy
+from convirt_hf.data.synthetic import corpus as synthetic_corpus
+from convirt_hf.data.synthetic import writing as synthetic_writing
 
 NEGATION = re.compile(r"\b(no|without|not|normal|within normal limits)\b", re.I)
 

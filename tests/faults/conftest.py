@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from faultkit import CRASH_RUN, Zygote, tiny_args  # tests/faults is on pytest's pythonpath
 
 

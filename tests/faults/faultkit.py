@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import torch
-from helpers import tiny_args  # noqa: F401  (the fault tests import it from here)
 from safetensors.torch import load_file
+
+from helpers import tiny_args  # noqa: F401  (the fault tests import it from here)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "training" / "pretrain.py"

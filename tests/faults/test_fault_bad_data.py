@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from faultkit import tiny_args
 from PIL import Image
+
+from faultkit import tiny_args
 
 ROWS = 400
 MAX_PIXELS = 40_000  # the good images are 40-64 px a side; "enormous" ones are 256 x 256 = 65 536 pixels
@@ -100,7 +101,8 @@ def build_corpus(root: Path) -> tuple[Path, dict[str, str]]:
         for row_id, image, report in rows:
             text = io.StringIO()
             marker = "\x00CP1252\x00"
-            csv.writer(text, lineterminator="\n").writerow([row_id, image, marker if isinstance(report, bytes) else report])
+            cell = marker if isinstance(report, bytes) else report
+            csv.writer(text, lineterminator="\n").writerow([row_id, image, cell])
             line = text.getvalue().encode("utf-8")
             if isinstance(report, bytes):
                 line = line.replace(marker.encode(), report)

@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from convirt_hf.checkpointing import TEMPORARY_PREFIX, complete_checkpoints, latest_checkpoint
+
 from faultkit import (
     CRASH_RUN,
     assert_same_weights,
@@ -23,8 +26,6 @@ from faultkit import (
     train_losses,
     weights,
 )
-
-from convirt_hf.checkpointing import TEMPORARY_PREFIX, complete_checkpoints, latest_checkpoint
 
 SEEDS = [3, 17, 29, 44, 58, 71]
 CHECKPOINT_PHASES = ["torn_weights", "after_state", "torn_train_state", "before_commit", "after_commit"]
@@ -172,7 +173,8 @@ def test_a_disk_that_fills_up_while_writing_the_best_model_stops_clearly(tiny_co
                          name="full-disk-best")
     assert child.wait(90) == 1, child.output()[-3000:]
     assert re.search(r"ERROR convirt_hf\.pretrain: Could not write the best model to \S*best_model \(.*File too "
-                     r"large.*\)\. The last checkpoint is \S*step_00000004: free space", child.output()), child.output()[-3000:]
+                     r"large.*\)\. The last checkpoint is \S*step_00000004: free space", child.output()), \
+        child.output()[-3000:]
     assert "Traceback" not in child.output()
     assert not (output_dir / ".incomplete-best_model").exists()
     assert latest_checkpoint(output_dir / "checkpoints").name == "step_00000004"

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from faultkit import (
     REPO_ROOT,
     SCRIPT,

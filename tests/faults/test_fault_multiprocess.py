@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from convirt_hf.checkpointing import latest_checkpoint
+
 from faultkit import (
     REPO_ROOT,
     SCRIPT,
@@ -31,8 +33,6 @@ from faultkit import (
     train_losses,
     wait_until,
 )
-
-from convirt_hf.checkpointing import latest_checkpoint
 
 MULTI = dict(max_steps=24, save_steps=4, eval_steps=24, save_total_limit=2, retrieval_set="none")
 

@@ -10,9 +10,10 @@ import json
 
 import pytest
 import torch
-from faultkit import tiny_args
 
 from convirt_hf.checkpointing import latest_checkpoint
+
+from faultkit import tiny_args
 from training import pretrain
 
 # bf16 keeps 8 significant bits (relative rounding 2**-9 ~ 0.2%) on every matmul and convolution input; through a

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from faultkit import tiny_args
 
+from faultkit import tiny_args
 from training import pretrain
 
 # Arguments for which no value is invalid, each with the reason; none so far: every argument has a case below.

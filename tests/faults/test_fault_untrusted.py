@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from faultkit import tiny_args
-from helpers import run_clean_python
 
 from convirt_hf import ConvirtModel, ConvirtProcessor
 from convirt_hf.checkpointing import CheckpointReadError, latest_checkpoint
+
+from faultkit import tiny_args
+from helpers import run_clean_python
 from training import pretrain
 
 PLANTED_TOKEN = "hf_faultSuitePlantedToken0123456789ABCDEFGH"
@@ -99,9 +100,9 @@ def test_a_model_folder_with_a_pickled_payload_is_refused(tmp_path, model, token
     for weights in timm_folder.glob("*.safetensors"):
         weights.unlink()
     plant_pickle(timm_folder / "pytorch_model.bin", marker)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception) as refused:  # noqa: B017  (torch refuses the pickle; its error type varies)
         load_image_encoder(timm_folder)
-    assert not marker.exists()
+    assert not marker.exists(), refused.value
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,6 @@ def test_a_planted_token_never_reaches_logs_cards_or_saved_arguments(tiny_corpus
     import logging
 
     from helpers import FakeHfApi
-
     from training import push as push_cli
 
     output_dir = tmp_path / "run"

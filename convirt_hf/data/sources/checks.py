@@ -99,7 +99,8 @@ def _prepared_report(candidate: Candidate, options: PairOptions, ledger: PairLed
     report, repaired = fix_text(report)
     if repaired:
         repairs.add("report_cp1252", "report bytes were not UTF-8; decoded as cp1252")
-    text, sentences = "", []
+    text = ""
+    sentences: list[str] = []
     if report is not None and report.strip():
         text, sentences = prepare_report(report, mode=options.report_mode, min_tokens=options.min_tokens)
     if not text and options.require_text:
@@ -136,8 +137,8 @@ def _checked_image(image: Any, row_id: str, options: PairOptions, ledger: PairLe
         before = len(repairs)
         try:
             decoded = load_image(image, max_pixels=options.max_pixels, row_id=row_id, ledger=repairs)
-        except ImageProblem as problem:
-            ledger.skip(row_id, problem.reason, problem.detail)
+        except ImageProblem as error:
+            ledger.skip(row_id, error.reason, error.detail)
             return None
         # Keep the repaired pixels: decoding the original later would need the same repair (or get it wrong).
         return {"bytes": encode_png(decoded), "path": None} if len(repairs) > before else image

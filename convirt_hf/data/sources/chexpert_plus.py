@@ -29,6 +29,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import cast
 
 from .base import Candidate, PairLedger, PairSource, in_shard
 from .labels import positive_label_columns
@@ -157,7 +158,8 @@ class ChexpertPlusSource(PairSource):
                     return candidate
         # Not found: name the file where it should have been (the base holding train/ or valid/), for the log.
         fallback = next((base for base in self.bases if (base / relative.parts[0]).is_dir()), None)
-        return (fallback or (self.bases[0] if self.bases else self.image_root)) / names[-1]
+        base = fallback or (self.bases[0] if self.bases else cast(Path, self.image_root))  # set by __post_init__
+        return base / names[-1]
 
     def iter_candidates(self, shard: int, num_shards: int, ledger: PairLedger) -> Iterator[Candidate]:
         labels = self._labels() if self.labels_file is not None else {}

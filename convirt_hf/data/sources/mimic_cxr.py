@@ -146,7 +146,7 @@ class MimicCxrSource(PairSource):
             }
         return self._split_cache
 
-    def _study_labels(self) -> dict[str, tuple[str, ...]]:
+    def _study_labels(self) -> dict[str | None, tuple[str, ...]]:  # None: rows without a study id
         if getattr(self, "_label_cache", None) is None:
             self._label_cache = {
                 to_str(row["study_id"]): positive_label_columns(row, _ID_COLUMNS, self.uncertain == "positive")

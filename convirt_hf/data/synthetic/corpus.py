@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ def generate_row(config: SyntheticCorpusConfig, split: str, index: int) -> dict:
     primary = primary_category(config, split, index)
     findings = sample_findings(primary, rng, 0.0 if retrieval else config.second_finding_probability,
                                config.category_weights)
-    devices = ()
+    devices: tuple[str, ...] = ()
     if rng.random() < config.device_probability:
         devices = (DEVICES[int(rng.integers(len(DEVICES)))],) if rng.random() < 0.7 else DEVICES
     anatomy = Anatomy.sample(patient_rng, rng)
@@ -102,7 +102,7 @@ def _rows(config: SyntheticCorpusConfig, split: str, count: int, num_workers: in
     # forked workers start in milliseconds (spawned ones would import torch and transformers again); they only run
     # numpy and PIL. At most two chunks per worker are in flight, so memory stays bounded whatever the corpus size.
     with ProcessPoolExecutor(max_workers=num_workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        pending = deque()
+        pending: deque[Future[list[dict]]] = deque()
 
         def submit() -> None:
             start = next(starts, None)

@@ -33,7 +33,7 @@ def _smooth_noise(rng: np.random.Generator, size: int | tuple[int, int], cells: 
     height, width = (size, size) if isinstance(size, int) else size
     # PIL rather than a matrix product: BLAS threads would compete with the generation worker processes
     coarse = rng.standard_normal((cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(coarse, mode="F").resize((width, height), Image.BICUBIC)) / 2.5
+    return np.asarray(Image.fromarray(coarse, mode="F").resize((width, height), Image.Resampling.BICUBIC)) / 2.5
 
 
 def _window(center: float, half: float, size: int) -> slice:

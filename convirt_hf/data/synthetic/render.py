@@ -250,7 +250,7 @@ def _draw_lung_markings(scene: _Scene, findings: Sequence[Finding], density, air
                                             scene.size)
     edema = any(f.name == "edema" for f in findings)
     vessels = _draw_vessels(geometry, anatomy, rng, size, blur=0.006 if edema else 0.0)
-    hila = 0.0
+    hila: float | np.ndarray = 0.0
     for side in SIDES:
         hx = geometry.mediastinum_x + _sign(side) * (anatomy.mediastinum_half_width + 0.02)
         hila = hila + _gaussian(yy, xx, geometry.hilum_y, hx, 0.05, 0.03)
@@ -280,8 +280,8 @@ def _position(film: np.ndarray, anatomy: Anatomy, size: int) -> np.ndarray:
     a, b, d, e = cos, sin, -sin, cos
     c = center - a * (center + dx) - b * (center + dy)
     f = center - d * (center + dx) - e * (center + dy)
-    moved = Image.fromarray(film, mode="F").transform((size, size), Image.AFFINE, (a, b, c, d, e, f),
-                                                      resample=Image.BILINEAR, fillcolor=0.0)
+    moved = Image.fromarray(film, mode="F").transform((size, size), Image.Transform.AFFINE, (a, b, c, d, e, f),
+                                                      resample=Image.Resampling.BILINEAR, fillcolor=0.0)
     return (np.clip(np.asarray(moved), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
