@@ -388,7 +388,8 @@ def _cpu_demo_loop_seconds(args, output_dir: Path, batch_size: int) -> float:
 
     total = args.warmup + args.steps
     pretrain(*pretraining_arguments({"output_dir": str(output_dir), "cache_dir": args.cache_dir, "max_steps": total,
-                                     "logging_steps": 5, "eval_steps": total, "save_steps": total,
+                                     "logging_steps": max(1, min(5, args.steps)), "eval_steps": total,
+                                     "save_steps": total,
                                      "report_to": "none", "retrieval_set": "none"}, args.pretrain_args))
     windows = sorted(batch_size / rate for rate in logged_windows(output_dir, args.warmup))
     return windows[len(windows) // 2]

@@ -3,6 +3,7 @@ script."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -275,3 +276,11 @@ def test_finetune_script(labelled_corpus, tmp_path, caplog):
         finetune.main(argv)
     with pytest.raises(ValueError, match="--fraction must be in"):
         finetune.main(argv + ["--overwrite_output_dir", "--fraction", "0"])
+
+
+def test_probe_and_fine_tuning_default_to_five_seeds_as_the_papers_means():
+    from convirt_hf.training import finetune, linear_probe
+
+    defaults = {cls.__name__: next(f for f in dataclasses.fields(cls) if f.name == "seeds").default_factory()
+                for cls in (linear_probe.LinearProbeArguments, finetune.FinetuneArguments)}
+    assert defaults == {"LinearProbeArguments": [0, 1, 2, 3, 4], "FinetuneArguments": [0, 1, 2, 3, 4]}

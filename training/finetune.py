@@ -63,7 +63,8 @@ class FinetuneArguments:
     test_split: str | None = None
     task: str = field(default="category", metadata={"help": "a synthetic preset or '[name=]kind:class,...[@patient]'"})
     fraction: float = field(default=1.0, metadata={"help": "share of the training labels (the paper: 0.01, 0.1, 1)"})
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={
+        "help": "one run (label subset and initialisation) per seed; five, as the paper's means are"})
     architecture: str | None = field(default=None, metadata={"help": "timm architecture of a checkpoint file"})
     image_size: int | None = field(default=None, metadata={"help": "input side (default: the encoder's)"})
     augmentation: str = field(default="none", metadata={"help": "none (the paper), light or paper (pretraining's)"})

@@ -60,7 +60,8 @@ class LinearProbeArguments:
                   "multilabel)"},
     )
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={
+        "help": "one label subset per seed; five, as the paper's means are"})
     architecture: str | None = field(default=None, metadata={"help": "timm architecture of checkpoint files"})
     image_size: int | None = field(default=None, metadata={"help": "input side for timm/random encoders (default: "
                                                              "the first ConVIRT folder's)"})

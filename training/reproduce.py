@@ -407,6 +407,81 @@ def retrieval_rows(name: str, results: dict, tau: float | None = None) -> list[d
     return rows
 
 
+@dataclass
+class Evaluation:
+    """What the tables are computed from, shared by the phases of `main`."""
+
+    args: ReproduceArguments
+    records: dict
+    retrieval: object
+    device: torch.device
+    results: list = field(default_factory=list)
+    evaluated: dict = field(default_factory=dict)  # run folder -> (ablation task's probe rows, retrieval results)
+
+    def ablation_run(self, folder: Path, name: str, tau: float) -> tuple[list[dict], dict]:
+        """The ablation task's probe rows and the retrieval results of one run (each run evaluated once)."""
+        task = self.args.parsed_ablation_task
+        known = self.evaluated.get(folder)
+        if known is None or not known[0]:  # the main run lacks the probe rows if the task is not in --tasks
+            probe_rows = probe(str(folder), name, self.records, [task], self.args, self.device)
+            directions = known[1] if known else convirt_retrieval(folder, self.retrieval, self.device)[0]
+            self.results += probe_rows + ([] if known else retrieval_rows(name, directions, tau))
+            self.evaluated[folder] = (probe_rows, directions)
+        return self.evaluated[folder]
+
+
+def linear_probe_table(evaluation: Evaluation, main_folder: Path, architecture: str, image_size: int):
+    """Table 1a: ConVIRT against its baselines (and ConVIRT's probe with the head ablation's heads)."""
+    args, records, device = evaluation.args, evaluation.records, evaluation.device
+    heads = tuple(dict.fromkeys(("linear", *args.probe_heads)))
+    evaluation.results += probe(str(main_folder), "ConVIRT", records, args.parsed_tasks, args, device, heads=heads)
+    # the baselines see the images at the resolution ConVIRT was trained at
+    evaluation.results += probe(f"random:{architecture}", "random init", records, args.parsed_tasks, args, device,
+                                image_size)
+    if args.imagenet is not None:
+        evaluation.results += probe(args.imagenet, "ImageNet init", records, args.parsed_tasks, args, device,
+                                    image_size)
+    summaries = summarise_runs(evaluation.results)
+    head_summary = [row for row in summaries if row["model"] == "ConVIRT" and row.get("head") in args.probe_heads]
+    return linear_head(summaries), head_summary
+
+
+def retrieval_table(evaluation: Evaluation, main_folder: Path, architecture: str, image_size: int):
+    """Table 2: image->image by every encoder's pooled features, text->image by ConVIRT; and their features."""
+    retrieval, device = evaluation.retrieval, evaluation.device
+    by_model, features = {}, {}
+    by_model["ConVIRT"], features["ConVIRT"] = convirt_retrieval(main_folder, retrieval, device)
+    by_model["random init"], features["random init"] = baseline_retrieval(f"random:{architecture}", retrieval,
+                                                                          device, image_size)
+    if evaluation.args.imagenet is not None:
+        by_model["ImageNet init"], _ = baseline_retrieval(evaluation.args.imagenet, retrieval, device, image_size)
+    for name, directions in by_model.items():
+        evaluation.results += retrieval_rows(name, directions, MAIN_TAU if name == "ConVIRT" else None)
+    task = evaluation.args.parsed_ablation_task
+    evaluation.evaluated[main_folder] = (
+        [r for r in linear_head(evaluation.results) if r["model"] == "ConVIRT" and r["task"] == task.name],
+        by_model["ConVIRT"])
+    return by_model, features
+
+
+def ablation_tables(evaluation: Evaluation, folders: dict) -> tuple[list[dict], list[dict]]:
+    """Table 4: the temperature and projection ablations, each value over its pretraining runs."""
+    args = evaluation.args
+    task, fraction = args.parsed_ablation_task, min(args.fractions)
+    ablation, projection_ablation = [], []
+    for tau in args.taus:
+        runs = [evaluation.ablation_run(folders[(tau, None, seed)], f"ConVIRT tau={tau:g} seed={seed}", tau)
+                for seed in args.pretrain_seeds]
+        ablation += ablation_rows("tau", tau, runs, task, fraction)
+    for kind in args.projections:
+        projection = None if kind == args.main_projection else kind
+        runs = [evaluation.ablation_run(folders[(MAIN_TAU, projection, seed)],
+                                        f"ConVIRT projection={kind} seed={seed}", MAIN_TAU)
+                for seed in args.pretrain_seeds]
+        projection_ablation += ablation_rows("projection", kind, runs, task, fraction)
+    return ablation, projection_ablation
+
+
 def main(argv: list[str] | None = None) -> dict:
     (args, _preset) = parse_arguments((ReproduceArguments,), argv, description=__doc__)
     configure_logging()
@@ -420,72 +495,25 @@ def main(argv: list[str] | None = None) -> dict:
     reused = {key for key, run in args.runs.items() if is_finished_run(run.folder)}
     folders = pretrained_folders(args)
     main_folder = folders[main_run_key(args)]
-    pretraining_minutes = sum(_train_runtime_seconds(folder) for folder in set(folders.values())) / 60
     corpus = corpus_folder(None, args.cache_dir, args.synthetic_seed, args.synthetic_pretrain_size)
-    records = classification_splits(corpus)
-    retrieval = load_retrieval_set(corpus)
+    evaluation = Evaluation(args, classification_splits(corpus), load_retrieval_set(corpus), device)
     main_config = ConvirtModel.config_class.from_pretrained(main_folder)
     architecture, image_size = main_config.image_model_name, main_config.image_size
 
-    # Table 1a: the linear probe, ConVIRT against its baselines (and ConVIRT's probe with the head ablation's heads)
-    heads = tuple(dict.fromkeys(("linear", *args.probe_heads)))
-    results = probe(str(main_folder), "ConVIRT", records, args.parsed_tasks, args, device, heads=heads)
-    # the baselines see the images at the resolution ConVIRT was trained at
-    results += probe(f"random:{architecture}", "random init", records, args.parsed_tasks, args, device, image_size)
-    if args.imagenet is not None:
-        results += probe(args.imagenet, "ImageNet init", records, args.parsed_tasks, args, device, image_size)
-    probe_summary = linear_head(summarise_runs(results))
-    head_summary = [row for row in summarise_runs(results)
-                    if row["model"] == "ConVIRT" and row.get("head") in args.probe_heads]
-
-    # Table 2: image->image by every encoder's pooled features, text->image by ConVIRT
-    retrieval_by_model, features = {}, {}
-    retrieval_by_model["ConVIRT"], features["ConVIRT"] = convirt_retrieval(main_folder, retrieval, device)
-    retrieval_by_model["random init"], features["random init"] = baseline_retrieval(
-        f"random:{architecture}", retrieval, device, image_size)
-    if args.imagenet is not None:
-        retrieval_by_model["ImageNet init"], _ = baseline_retrieval(args.imagenet, retrieval, device, image_size)
-    for name, directions in retrieval_by_model.items():
-        results += retrieval_rows(name, directions, MAIN_TAU if name == "ConVIRT" else None)
+    probe_summary, head_summary = linear_probe_table(evaluation, main_folder, architecture, image_size)
+    retrieval_by_model, features = retrieval_table(evaluation, main_folder, architecture, image_size)
     maps_dir = Path(args.maps_dir) if args.maps_dir else output_dir
     maps_dir.mkdir(parents=True, exist_ok=True)
-    maps = embedding_maps(features, retrieval, maps_dir)
-
-    # Table 4: the temperature and projection ablations, each value over its pretraining runs
-    task = args.parsed_ablation_task
-    evaluated = {main_folder: ([r for r in linear_head(results) if r["model"] == "ConVIRT" and r["task"] == task.name],
-                               retrieval_by_model["ConVIRT"])}
-
-    def evaluate_run(folder: Path, name: str, tau: float) -> tuple[list[dict], dict]:
-        """The ablation task's probe rows and the retrieval results of one run (each run evaluated once)."""
-        nonlocal results
-        if folder not in evaluated or not evaluated[folder][0]:  # the main run lacks them if the task is not in --tasks
-            probe_rows = probe(str(folder), name, records, [task], args, device)
-            directions = (evaluated[folder][1] if folder in evaluated
-                          else convirt_retrieval(folder, retrieval, device)[0])
-            results += probe_rows + (retrieval_rows(name, directions, tau) if folder not in evaluated else [])
-            evaluated[folder] = (probe_rows, directions)
-        return evaluated[folder]
-
-    ablation, projection_ablation = [], []
-    for tau in args.taus:
-        runs = [evaluate_run(folders[(tau, None, seed)], f"ConVIRT tau={tau:g} seed={seed}", tau)
-                for seed in args.pretrain_seeds]
-        ablation += ablation_rows("tau", tau, runs, task, min(args.fractions))
-    for kind in args.projections:
-        key = (lambda seed: (MAIN_TAU, None, seed)) if kind == args.main_projection else (
-            lambda seed, kind=kind: (MAIN_TAU, kind, seed))
-        runs = [evaluate_run(folders[key(seed)], f"ConVIRT projection={kind} seed={seed}", MAIN_TAU)
-                for seed in args.pretrain_seeds]
-        projection_ablation += ablation_rows("projection", kind, runs, task, min(args.fractions))
+    maps = embedding_maps(features, evaluation.retrieval, maps_dir)
+    ablation, projection_ablation = ablation_tables(evaluation, folders)
 
     elapsed = time.time() - started
-    command = "python training/reproduce.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = {"probe_summary": probe_summary, "retrieval": retrieval_by_model, "ablation": ablation,
               "projection_ablation": projection_ablation, "head_summary": head_summary, "maps": maps,
-              "main_folder": main_folder, "runs": len(folders), "reused": len(reused),
-              "pretraining_minutes": pretraining_minutes, "elapsed": elapsed, "command": command}
-    text = markdown_report(args, report, retrieval, device, output_dir)
+              "main_folder": main_folder, "runs": len(folders), "reused": len(reused), "elapsed": elapsed,
+              "pretraining_minutes": sum(_train_runtime_seconds(f) for f in set(folders.values())) / 60,
+              "command": "python training/reproduce.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
+    text = markdown_report(args, report, evaluation.retrieval, device, output_dir)
     (output_dir / "results.md").write_text(text)
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
@@ -493,23 +521,19 @@ def main(argv: list[str] | None = None) -> dict:
     metadata = {"protocol": "reproduce", "corpus": str(corpus),
                 "pretrained": {"/".join(str(part) for part in key): str(folder) for key, folder in folders.items()},
                 "main_model": str(main_folder), "pretrain_seeds": args.pretrain_seeds,
-                "main_projection": args.main_projection, "chance_rate": retrieval.chance_rate(),
+                "main_projection": args.main_projection, "chance_rate": evaluation.retrieval.chance_rate(),
                 "runtime_seconds": round(elapsed, 1), "arguments": asdict(args), "ablation": ablation,
                 "projection_ablation": projection_ablation, "embedding_maps": {k: str(v) for k, v in maps.items()}}
-    write_results(output_dir / "results.json", metadata, results, summarise_runs(results), overwrite=True)
+    write_results(output_dir / "results.json", metadata, evaluation.results, summarise_runs(evaluation.results),
+                  overwrite=True)
     print(text)
-    return {"metadata": metadata, "results": results, "summary": probe_summary, "ablation": ablation,
+    return {"metadata": metadata, "results": evaluation.results, "summary": probe_summary, "ablation": ablation,
             "projection_ablation": projection_ablation, "head_summary": head_summary,
             "retrieval": retrieval_by_model, "markdown": text}
 
 
 def markdown_report(args: ReproduceArguments, report: dict, retrieval, device, output_dir: Path) -> str:
     """results.md: the tables, each with the spread it shows."""
-    from convirt_hf.evaluation.scoring import headline_metric
-
-    task = args.parsed_ablation_task
-    spread_over_runs = (f"mean ± std over {len(args.pretrain_seeds)} pretraining run(s) (seeds {args.pretrain_seeds}); "
-                        f"each run's probe value is its mean over probe seeds {args.seeds}")
     lines = [
         "# ConVIRT in miniature: the paper's tables on the synthetic corpus",
         "",
@@ -545,6 +569,22 @@ def markdown_report(args: ReproduceArguments, report: dict, retrieval, device, o
     ]
     for name, directions in report["retrieval"].items():
         lines += [f"**{name}**", "", format_precision_table(directions, RETRIEVAL_KS), ""]
+    lines += ablation_sections(args, report)
+    lines += ["## Image features (t-SNE)", ""]
+    markdown_dir = Path(args.markdown).parent if args.markdown else output_dir
+    for name, path in report["maps"].items():
+        lines.append(f"![{name}]({Path(_relative(path, markdown_dir)).as_posix()})")
+    return "\n".join(lines) + "\n"
+
+
+def ablation_sections(args: ReproduceArguments, report: dict) -> list[str]:
+    """results.md's temperature, projection and probe-head ablations."""
+    from convirt_hf.evaluation.scoring import headline_metric
+
+    task = args.parsed_ablation_task
+    spread_over_runs = (f"mean ± std over {len(args.pretrain_seeds)} pretraining run(s) (seeds {args.pretrain_seeds}); "
+                        f"each run's probe value is its mean over probe seeds {args.seeds}")
+    lines: list[str] = []
     lines += [
         "## Temperature ablation (the paper's Table 4)",
         "",
@@ -582,11 +622,7 @@ def markdown_report(args: ReproduceArguments, report: dict, retrieval, device, o
             format_probe_table(report["head_summary"]),
             "",
         ]
-    lines += ["## Image features (t-SNE)", ""]
-    markdown_dir = Path(args.markdown).parent if args.markdown else output_dir
-    for name, path in report["maps"].items():
-        lines.append(f"![{name}]({Path(_relative(path, markdown_dir)).as_posix()})")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _train_runtime_seconds(folder: Path) -> float:

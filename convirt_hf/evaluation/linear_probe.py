@@ -224,7 +224,8 @@ def run_linear_probe(
         weight_decays: the L2 penalties tried on the validation split.
         model_name, data_name: recorded in every result.
         head (`str`, defaults to `"linear"`): the head trained on the frozen features, one of `HEADS`: `"linear"`
-            (logistic regression, the paper's protocol) or `"tversky"` (a Tversky projection layer, see
+            (logistic regression fitted by L-BFGS: this project's probe protocol; the paper trains a linear layer
+            with Adam) or `"tversky"` (a Tversky projection layer, see
             [`fit_tversky_head`]). Recorded in every result as `"head"`.
         head_options (`dict`, *optional*): keyword arguments of the head's fitter, e.g. `{"num_features": 64,
             "steps": 500}` for `"tversky"`; the Tversky head's initialisation is seeded with each run's seed.
