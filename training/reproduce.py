@@ -614,10 +614,9 @@ def ablation_sections(args: ReproduceArguments, report: dict) -> list[str]:
             "",
             "The linear probe of ConVIRT's frozen features (the main model) with its logistic-regression head (this "
             "project's probe protocol, Table 1a's ConVIRT row) and with a Tversky head (class prototypes over a "
-            "learned "
-            "feature bank, fitted by full-batch AdamW; see `convirt_hf.evaluation.linear_probe`); same label subsets "
-            "and penalty choice on the validation split. The Tversky head's initialisation is drawn from each seed, so "
-            "its spread at 100% is not 0.",
+            "learned feature bank, fitted by full-batch AdamW; see `convirt_hf.evaluation.linear_probe`); same label "
+            "subsets and penalty choice on the validation split. The Tversky head's initialisation is drawn from each "
+            "seed, so its spread at 100% is not 0.",
             "",
             format_probe_table(report["head_summary"]),
             "",

@@ -151,8 +151,7 @@ class RetrievalArguments:
                 self.kinds[model] = check_image_encoder_spec(model, self.architecture)
             if self.features == "projection" and self.kinds[model] != "convirt":
                 raise ValueError(f"--features projection: {model} is a {self.kinds[model]} encoder without a "
-                                 "projection "
-                                 "head; use --features backbone to compare it")
+                                 "projection head; use --features backbone to compare it")
         if not self.ks or any(k <= 0 for k in self.ks):
             raise ValueError(f"--ks must be positive integers, got {self.ks}")
         self.ks = list(dict.fromkeys(int(k) for k in self.ks))

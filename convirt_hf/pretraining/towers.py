@@ -50,8 +50,7 @@ def check_towers(model_args: ModelArguments, data_args: DataArguments):
         raise ValueError(f"--{error} (--text_tower {spec!r})") from error
     if data_args.max_length > config.max_position_embeddings:
         raise ValueError(f"--max_length ({data_args.max_length}) exceeds the {config.max_position_embeddings} "
-                         "positions "
-                         f"of --text_tower {spec!r}")
+                         f"positions of --text_tower {spec!r}")
     return text_tower
 
 
