@@ -445,9 +445,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU, under a minute")
     parser.add_argument("--cpu_demo", action="store_true",
-                        help="the default run (make pretrain) on the CPU: the loop's s/step, threads and the split of "
-                        "a "
-                        "step; --pretrain_args changes the run, --steps/--warmup the length")
+                        help="the default run (make pretrain) on the CPU: the loop's s/step, threads and the split "
+                        "of a step; --pretrain_args changes the run, --steps/--warmup the length")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--inference_batch_size", type=int, default=1024)

@@ -128,8 +128,7 @@ def parse_task(spec: str) -> ClassificationTask:
     kind, separator, classes = rest.partition(":")
     if not separator or kind not in TASK_KINDS:
         raise ValueError(f"task {spec!r}: expected a preset ({', '.join(presets)}) or '[name=]kind:class,...' "
-                         "with kind "
-                         f"one of {TASK_KINDS}")
+                         f"with kind one of {TASK_KINDS}")
     names = [item.strip() for item in classes.split(",") if item.strip()]
     return ClassificationTask(name or (names[0] if kind == "binary" and names else kind), kind, names, patient)
 
