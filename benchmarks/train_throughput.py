@@ -305,6 +305,7 @@ class _CpuDemoStep(NamedTuple):
 
     model: Any
     loader: Any
+    sampler: Any  # the loader's EpochShuffleSampler, told each new epoch as the training loop tells it
     optimizer: Any
     loss_fn: Any
     augment: Any  # DeviceAugmentation or None
@@ -325,12 +326,12 @@ def _build_cpu_demo_step(model_args, data_args, train_args, accelerator, work_di
     processor, model = build_model(model_args, data_args, text_tower, tokenizer)
     if text_tower is not None:
         choose_text_pooling(model, tokenizer, model_args, data_args, train_records, accelerator)
-    loader, _, _ = build_dataloaders(train_records, validation_records, processor, data_args, train_args)
+    loader, sampler, _ = build_dataloaders(train_records, validation_records, processor, data_args, train_args)
     optimizer = build_optimizer(model, train_args)
     loss_fn = ConvirtLoss(tau=model_args.tau, loss_lambda=model_args.loss_lambda)
     augment = DeviceAugmentation(data_args, train_args, accelerator) if data_args.gpu_augmentation else None
     text_features = FrozenTextFeatures(model) if model.config.text_tower_frozen else None
-    return _CpuDemoStep(model, loader, optimizer, loss_fn, augment, text_features, accelerator.device)
+    return _CpuDemoStep(model, loader, sampler, optimizer, loss_fn, augment, text_features, accelerator.device)
 
 
 def _time_cpu_demo_phases(parts: _CpuDemoStep, warmup: int, steps: int) -> dict[str, float]:
@@ -338,13 +339,22 @@ def _time_cpu_demo_phases(parts: _CpuDemoStep, warmup: int, steps: int) -> dict[
     parts.model.train()
     totals: dict[str, float] = {}
     steps_timed = 0
-    batches = iter(parts.loader)
+    batches = _batches_across_epochs(parts)
     for step in range(warmup + steps):
         if step == warmup:
             totals, steps_timed = {}, 0
         _timed_cpu_demo_step(parts, batches, step, totals)
         steps_timed += 1
     return {phase: seconds / steps_timed for phase, seconds in totals.items()}
+
+
+def _batches_across_epochs(parts: _CpuDemoStep) -> Iterator[dict]:
+    """The loader's batches epoch after epoch, so that --warmup plus --steps may pass the end of the first one."""
+    epoch = 0
+    while True:
+        parts.sampler.use_epoch(epoch)
+        yield from parts.loader
+        epoch += 1
 
 
 def _timed_cpu_demo_step(parts: _CpuDemoStep, batches: Iterator[dict], step: int, totals: dict[str, float]) -> None:

@@ -46,11 +46,12 @@ images, 224-pixel views, |difference| in [0, 1] units before normalisation):
 
 On white noise, the worst case for the antialiasing difference, random draws differ by a mean of 0.016.
 
-In training (``training/pretrain.py --gpu_augmentation``) the data-loader workers only decode (:class:`DecodedImage`),
-:class:`~convirt_hf.data.collate.ConvirtCollator` with ``raw_images=True`` zero-pads the decoded images into one batch
-with their ``sizes``, and the training loop augments the batch on the device with a generator seeded by
-:func:`batch_seed` from (seed, epoch, batch index within the epoch, process index) only, so a resumed run draws
-exactly the views of an uninterrupted one.
+In training (``training/pretrain.py --gpu_augmentation``, the default) the data-loader workers decode each image and
+draw its parameters with the row's own generator (:class:`DecodedImage` with a sampler), exactly as the CPU path
+draws them; :class:`~convirt_hf.data.collate.ConvirtCollator` with ``raw_images=True`` zero-pads the decoded images
+into one batch with their ``sizes`` and parameters, and the training loop applies them on the device. A view then
+depends on (seed, epoch, row) only, so a resumed run makes exactly the views of an uninterrupted one. (A batch
+without parameters is drawn from a generator seeded by :func:`batch_seed`.)
 
 The parameters are float64 (as the CPU sampler's); the per-sample coefficients of the geometry are computed in float64
 and the grid in float32. For a seeded ``torch.Generator`` the output is deterministic (the forward ops used are
