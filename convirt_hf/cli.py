@@ -150,6 +150,27 @@ def check_fraction(name: str, value) -> None:
         raise ValueError(f"--{name} must be in (0, 1], got {value!r}")
 
 
+def check_transfer_grid(fractions: Sequence[float], tasks: Sequence[str]) -> list:
+    """
+    Checks a transfer evaluation's grid (--fractions, --tasks: at least one of each, fractions in (0, 1], no task
+    named twice, whose rows would merge into one summary) and returns the tasks parsed (`ClassificationTask`s).
+    """
+    from convirt_hf.evaluation.tasks import parse_task  # the evaluation package loads torch-side code; cli stays light
+
+    if not fractions:
+        raise ValueError("--fractions needs at least one label fraction, e.g. 0.01 0.1 1")
+    for fraction in fractions:
+        check_fraction("fractions", fraction)
+    if not tasks:
+        raise ValueError("--tasks needs at least one task")
+    with argument_errors("tasks"):
+        parsed = [parse_task(spec) for spec in tasks]
+    names = [task.name for task in parsed]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--tasks names a task twice: {names}")
+    return parsed
+
+
 def _nearest_existing(path: Path) -> Path | None:
     return next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
 

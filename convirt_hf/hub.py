@@ -392,6 +392,17 @@ def check_publish_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def _checked_upload_folder(folder: str | os.PathLike, repo_type: str) -> Path:
+    """The folder to upload, checked as what its repo type holds: a model folder, or the demo's Space folder."""
+    if repo_type not in ("model", "space"):
+        raise ValueError(f"repo_type must be 'model' or 'space', got {repo_type!r}")
+    if repo_type == "space":
+        from convirt_hf.demo.space import check_space_folder
+
+        return check_space_folder(folder)
+    return check_publish_folder(folder)
+
+
 def push(folder: str | os.PathLike, repo_id: str, api=None, private: bool = False, revision: str | None = None,
          dry_run: bool = False, token: str | None = None, commit_message: str = "Upload ConVIRT model",
          repo_type: str = "model") -> dict:
@@ -428,14 +439,7 @@ def push(folder: str | os.PathLike, repo_id: str, api=None, private: bool = Fals
     """
     check_repo_id(repo_id)
     check_revision(revision)
-    if repo_type not in ("model", "space"):
-        raise ValueError(f"repo_type must be 'model' or 'space', got {repo_type!r}")
-    if repo_type == "space":
-        from convirt_hf.demo.space import check_space_folder
-
-        folder = check_space_folder(folder)
-    else:
-        folder = check_publish_folder(folder)
+    folder = _checked_upload_folder(folder, repo_type)
     files = folder_files(folder)
     total = sum(size for _, size in files)
     branch = revision if revision not in (None, "main") else None

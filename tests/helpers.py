@@ -1,4 +1,4 @@
-"""Builders shared by tests (tiny models, a generated tokenizer, a clean-interpreter runner)."""
+"""Builders shared by tests (tiny models, a generated tokenizer, a clean-interpreter runner, source folders)."""
 
 from __future__ import annotations
 
@@ -170,3 +170,31 @@ def tiny_args(corpus: Path, output_dir: Path, **overrides) -> list[str]:
     }
     values.update(overrides)
     return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# Open-i's fixture reports (tests/fixtures/openi) name these images; CXR2_IM-0652-2001 is listed in 2.xml but missing
+OPENI_IMAGES = ["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001", "CXR2_IM-0652-1001", "CXR3_IM-1384-1001",
+                "CXR4_IM-2050-1001"]
+
+
+def write_image(path: Path, seed: int, fmt: str | None = None) -> None:
+    """A small random 8-bit grayscale image (20 x 16) at `path`."""
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (20, 16), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format=fmt)
+
+
+def openi_tree(tmp_path: Path) -> Path:
+    """Open-i's public layout (ecgen-radiology XML reports, NLMCXR_png images) under `tmp_path`/openi."""
+    import shutil
+
+    root = tmp_path / "openi"
+    shutil.copytree(FIXTURES / "openi", root)
+    for index, image_id in enumerate(OPENI_IMAGES):
+        write_image(root / "NLMCXR_png" / f"{image_id}.png", seed=index, fmt="PNG")
+    return root

@@ -103,7 +103,8 @@ def test_a_gpu_process_keeps_torchs_setting():
 def test_every_launcher_gives_the_run_all_cores_and_the_log_says_so(tiny_corpus, tmp_path):
     corpus = tiny_corpus
     env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
-    accelerate = [str(Path(sys.executable).with_name("accelerate")), "launch", "--num_processes", "1"]
+    # the code behind the `accelerate` command, found whether or not the environment put that script beside python
+    accelerate = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--num_processes", "1"]
     expected = cpu_threads.available_cores()
     launches = {
         "python": ([sys.executable], {}, expected),

@@ -115,6 +115,7 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused():
             per_device_share(batch, processes)
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(tiny_corpus, tmp_path):
     steps = 16
     args = dict(max_steps=steps, save_steps=3, eval_steps=8)

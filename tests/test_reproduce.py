@@ -1,7 +1,7 @@
 """The paper's claims in miniature: with the demo settings, ConVIRT's features beat random initialisation at 1% of the
 labels, and its zero-shot text->image retrieval beats chance at least twice over.
 
-This is the project's one long test (a full demo pretraining, about six minutes on 2 CPU cores): the claims are
+This is the project's one long test (a full demo pretraining, about four minutes on 2 CPU cores): the claims are
 about the demo run users get from `make pretrain`, so it trains exactly that, with only the tau ablation left out and
 the projection ablation reduced to the main model's own kind (no further pretraining). The probe-head ablation runs
 at 1% of the labels (a few seconds of Tversky-head fits).

@@ -23,10 +23,10 @@ import torch
 
 from convirt_hf.cli import (
     argument_errors,
-    check_fraction,
     check_output_file,
     check_seeds,
     check_synthetic_corpus_arguments,
+    check_transfer_grid,
     configure_logging,
     one_of,
     parse_arguments,
@@ -38,7 +38,6 @@ from convirt_hf.evaluation.encoders import check_image_encoder_spec, is_convirt_
 from convirt_hf.evaluation.features import encode_splits
 from convirt_hf.evaluation.linear_probe import HEADS, probe_inputs, run_linear_probe, summarise_runs
 from convirt_hf.evaluation.reporting import format_probe_table, write_results
-from convirt_hf.evaluation.tasks import parse_task
 
 logger = logging.getLogger("convirt_hf.linear_probe")
 
@@ -97,17 +96,7 @@ class LinearProbeArguments:
             with argument_errors("encoders"):
                 check_image_encoder_spec(spec, self.architecture)
         check_seeds("seeds", self.seeds)
-        if not self.fractions:
-            raise ValueError("--fractions needs at least one label fraction, e.g. 0.01 0.1 1")
-        for fraction in self.fractions:
-            check_fraction("fractions", fraction)
-        if not self.tasks:
-            raise ValueError("--tasks needs at least one task")
-        with argument_errors("tasks"):
-            self.parsed_tasks = [parse_task(spec) for spec in self.tasks]
-        names = [task.name for task in self.parsed_tasks]
-        if len(set(names)) != len(names):  # their rows would be merged into one task's summary
-            raise ValueError(f"--tasks names a task twice: {names}")
+        self.parsed_tasks = check_transfer_grid(self.fractions, self.tasks)
         check_synthetic_corpus_arguments(self.cache_dir, self.synthetic_seed, self.synthetic_pretrain_size,
                                          uses_synthetic_corpus=self.dataset is None)
         check_classification_splits(self.dataset, {"train": self.train_split, "validation": self.validation_split,

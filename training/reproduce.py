@@ -48,10 +48,10 @@ import torch
 from convirt_hf.cli import (
     argument_errors,
     check_folder_path,
-    check_fraction,
     check_output_file,
     check_seeds,
     check_synthetic_corpus_arguments,
+    check_transfer_grid,
     configure_logging,
     one_of,
     parse_arguments,
@@ -138,17 +138,7 @@ class ReproduceArguments:
             raise ValueError(f"--pretrain_seeds lists a seed twice: {self.pretrain_seeds}")
         if any(seed >= 2**32 for seed in self.pretrain_seeds):
             raise ValueError(f"--pretrain_seeds must be < 2**32, got {self.pretrain_seeds}")
-        if not self.fractions:
-            raise ValueError("--fractions needs at least one label fraction, e.g. 0.01 0.1 1")
-        for fraction in self.fractions:
-            check_fraction("fractions", fraction)
-        if not self.tasks:
-            raise ValueError("--tasks needs at least one task")
-        with argument_errors("tasks"):
-            self.parsed_tasks = [parse_task(spec) for spec in self.tasks]
-        names = [task.name for task in self.parsed_tasks]
-        if len(set(names)) != len(names):  # their rows would be merged into one task's summary
-            raise ValueError(f"--tasks names a task twice: {names}")
+        self.parsed_tasks = check_transfer_grid(self.fractions, self.tasks)
         with argument_errors("ablation_task"):
             self.parsed_ablation_task = parse_task(self.ablation_task)
         with argument_errors("pretrain_config"):

@@ -53,20 +53,10 @@ from convirt_hf.atomic import swap_in_folder
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CATEGORY_COLUMNS",
-    "CHEXPERT_COLUMNS",
-    "CHEXPERT_OBSERVATIONS",
-    "CHEXPERT_TEXT_QUERIES",
-    "RETRIEVAL_CATEGORIES",
-    "ChexpertSelection",
-    "build_chexpert_retrieval_set",
-    "is_listed_retrieval_csv",
-    "load_text_queries",
-    "read_chexpert_csv",
-    "read_listed_retrieval_csv",
-    "row_category",
-    "select_chexpert_retrieval",
-    "write_retrieval_set",
+    "CATEGORY_COLUMNS", "CHEXPERT_COLUMNS", "CHEXPERT_OBSERVATIONS", "CHEXPERT_TEXT_QUERIES",
+    "RETRIEVAL_CATEGORIES", "ChexpertSelection", "build_chexpert_retrieval_set", "is_listed_retrieval_csv",
+    "load_text_queries", "read_chexpert_csv", "read_listed_retrieval_csv", "row_category",
+    "select_chexpert_retrieval", "write_retrieval_set",
 ]
 
 CHEXPERT_OBSERVATIONS = (

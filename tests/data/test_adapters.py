@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from convirt_hf.data.chexpert_plus import compose_report
 from convirt_hf.data.records import RECORD_COLUMNS
@@ -19,13 +18,7 @@ from convirt_hf.data.reports import prepare_report
 from convirt_hf.data.skips import BadInputError
 from convirt_hf.data.sources import detect_kind, load_pairs
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-def write_image(path: Path, seed: int, fmt: str | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (20, 16), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, format=fmt)
+from helpers import FIXTURES, openi_tree, write_image
 
 
 def gzip_file(path: Path) -> None:
@@ -217,18 +210,6 @@ def test_chexpert_plus_wrong_csv_fails_before_reading(tmp_path):
 
 
 # --- Open-i -----------------------------------------------------------------------------------------------------
-
-OPENI_IMAGES = ["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001", "CXR2_IM-0652-1001", "CXR3_IM-1384-1001",
-                "CXR4_IM-2050-1001"]  # CXR2_IM-0652-2001 is listed in 2.xml but missing
-
-
-def openi_tree(tmp_path: Path) -> Path:
-    root = tmp_path / "openi"
-    shutil.copytree(FIXTURES / "openi", root)
-    for index, image_id in enumerate(OPENI_IMAGES):
-        write_image(root / "NLMCXR_png" / f"{image_id}.png", seed=index, fmt="PNG")
-    return root
-
 
 def test_openi_reads_the_public_layout(tmp_path):
     root = openi_tree(tmp_path)

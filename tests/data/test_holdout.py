@@ -193,7 +193,8 @@ def test_holdout_with_official_splits_is_refused_before_any_work(tmp_path, capsy
 
 def test_openi_has_no_official_splits_but_can_be_held_out(tmp_path, capsys):
     from datasets import load_from_disk
-    from test_adapters import openi_tree
+
+    from helpers import openi_tree
 
     root = openi_tree(tmp_path)
     assert main(["--source", str(root), "--output", str(tmp_path / "x"), "--split", "train", "-q"]) == 2
@@ -204,3 +205,32 @@ def test_openi_has_no_official_splits_but_can_be_held_out(tmp_path, capsys):
     assert set(corpus) == {"train", "validation"}
     assert not set(corpus["train"]["patient_id"]) & set(corpus["validation"]["patient_id"])
     assert sum(len(split) for split in corpus.values()) == 4
+
+
+def test_evaluation_splits_are_checked_for_shared_patients(tmp_path, caplog):
+    """The linear probe, fine-tuning and zero-shot read given splits: patients on two sides are named in a warning;
+    splits made by `patient_holdout` from a corpus of 2-4 images per patient pass silently."""
+    from datasets import Dataset, DatasetDict
+
+    from convirt_hf.evaluation.corpora import classification_splits
+
+    ids = patient_rows(60, seed=1)
+    splits = patient_holdout(ids, {"validation": 0.15, "test": 0.15}, seed=0)
+    clean = DatasetDict({name: Dataset.from_dict({"patient_id": [pid for pid, split in zip(ids, splits)
+                                                                  if split == name]})
+                         for name in ("train", "validation", "test")})
+    clean.save_to_disk(str(tmp_path / "clean"))
+    with caplog.at_level("WARNING", logger="convirt_hf.data.holdout"):
+        loaded = classification_splits(tmp_path / "clean")
+    assert sum(len(split) for split in loaded.values()) == len(ids) and not caplog.records
+
+    leaked = DatasetDict({"train": clean["train"],
+                          "validation": clean["validation"],
+                          "test": Dataset.from_dict({"patient_id": list(clean["test"]["patient_id"])
+                                                     + list(clean["train"]["patient_id"][:5])})})
+    shared = len(set(clean["train"]["patient_id"][:5]))
+    leaked.save_to_disk(str(tmp_path / "leaked"))
+    with caplog.at_level("WARNING", logger="convirt_hf.data.holdout"):
+        classification_splits(tmp_path / "leaked")
+    assert [record.getMessage().split(" patients")[0] for record in caplog.records] == [str(shared)]
+    assert "both train/test" in caplog.text and "--holdout" in caplog.text

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from convirt_hf.checkpointing import latest_checkpoint
 
 from faultkit import (
@@ -57,6 +59,7 @@ def finish(launcher: subprocess.Popen, log: Path, timeout: float = 240) -> str:
     return log.read_text(errors="replace")
 
 
+@pytest.mark.slow
 def test_a_killed_or_hung_process_stops_its_peer_and_both_resume(tiny_corpus, tmp_path):
     reference = tmp_path / "reference"
     log = tmp_path / "reference.log"

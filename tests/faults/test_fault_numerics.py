@@ -72,19 +72,35 @@ def test_bf16_training_follows_the_fp32_run(tiny_corpus, zygote, tmp_path):
     assert all(abs(b - f) / f < 0.1 for f, b in zip(runs["no"], runs["bf16"])), runs  # then drifting, not diverging
 
 
-def test_infinite_pixels_stop_the_run_with_a_saved_state(tiny_corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("augmentation", ["device", "loader"])
+def test_infinite_pixels_stop_the_run_with_a_saved_state(augmentation, tiny_corpus, tmp_path, monkeypatch):
+    """One +inf pixel in the third batch, made by the training device's batched augmentation (the default) or by
+    the CPU transform in the loader (--gpu_augmentation false)."""
     from convirt_hf.data.pairs import PairViews
+    from convirt_hf.pretraining.data import DeviceAugmentation
 
-    original = PairViews.__getitem__
+    if augmentation == "device":
+        original_augment = DeviceAugmentation.__call__
 
-    def overexposed(self, tagged_index):
-        example = original(self, tagged_index)
-        if self.image_transform.__class__.__name__ == "ConvirtTrainTransform" and tagged_index % self.num_rows == 3:
-            example["pixel_values"][0, 0, 0] = float("inf")  # one pixel is enough
-        return example
+        def overexposed_batch(self, batch, epoch, batch_index):
+            batch = original_augment(self, batch, epoch, batch_index)
+            if batch_index == 2:
+                batch["pixel_values"][0, 0, 0, 0] = float("inf")  # one pixel is enough
+            return batch
 
-    monkeypatch.setattr(PairViews, "__getitem__", overexposed)
+        monkeypatch.setattr(DeviceAugmentation, "__call__", overexposed_batch)
+    else:
+        original_item = PairViews.__getitem__
+
+        def overexposed_view(self, tagged_index):
+            example = original_item(self, tagged_index)
+            if self.image_transform.__class__.__name__ == "ConvirtTrainTransform" and tagged_index % self.num_rows == 3:
+                example["pixel_values"][0, 0, 0] = float("inf")
+            return example
+
+        monkeypatch.setattr(PairViews, "__getitem__", overexposed_view)
     output_dir = tmp_path / "inf"
     with pytest.raises(pretrain.NonFiniteTrainingError, match=r"Non-finite pixel values in the batch of step \d+"):
-        pretrain.main(tiny_args(tiny_corpus, output_dir, retrieval_set="none", max_steps=20, save_steps=50))
+        pretrain.main(tiny_args(tiny_corpus, output_dir, retrieval_set="none", max_steps=20, save_steps=50,
+                                gpu_augmentation="true" if augmentation == "device" else "false"))
     assert latest_checkpoint(output_dir / "checkpoints") is not None  # the state before the bad batch is kept

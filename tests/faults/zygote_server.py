@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from convirt_hf import checkpointing  # noqa: E402
+from convirt_hf import atomic, checkpointing  # noqa: E402
 from convirt_hf.training import pretrain  # noqa: E402  (the heavy imports, once)
 
 torch.set_num_threads(1)
@@ -153,14 +153,14 @@ def install_faults(faults: list[dict]) -> None:
 
     os.replace = replace
 
-    original_fsync_directory = checkpointing._fsync_directory
+    original_fsync_folder = atomic.fsync_folder
 
-    def fsync_directory(path):
-        original_fsync_directory(path)
+    def fsync_folder(path):  # only a checkpoint's commit syncs its folder
+        original_fsync_folder(path)
         if armed("after_commit"):
             die()
 
-    checkpointing._fsync_directory = fsync_directory
+    atomic.fsync_folder = fsync_folder
 
 
 def run_child(request: dict) -> None:
