@@ -66,6 +66,9 @@ def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None 
     parser.add_argument(
         "--config", default=None, help="a preset name (paper, demo, ...) or a YAML file; command-line flags override it"
     )
+    for action in parser._actions:  # help texts are prose ("the 1% linear probe"): argparse %-formats them
+        if action.help and "%(" not in action.help:
+            action.help = action.help.replace("%", "%%")
     preset_path = None
     if defaults:
         parser.set_defaults(**defaults)
