@@ -51,6 +51,10 @@ def load_preset(name_or_path: str, dataclass_types: Sequence[type]) -> dict:
     return values
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows the script's docstring with its own line breaks (examples, lists), and each flag's default."""
+
+
 def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, description: str | None = None,
                     defaults: dict | None = None):
     """
@@ -62,7 +66,7 @@ def parse_arguments(dataclass_types: Sequence[type], argv: Sequence[str] | None 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, remaining = pre.parse_known_args(argv)
-    parser = HfArgumentParser(dataclass_types, description=description)
+    parser = HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter)
     parser.add_argument(
         "--config", default=None, help="a preset name (paper, demo, ...) or a YAML file; command-line flags override it"
     )

@@ -33,3 +33,5 @@ def test_help_prints_every_flag_and_exits_cleanly(name, capsys):
     assert text.startswith("usage:") and "--help" in text
     if name == "training.reproduce":
         assert "1% linear probe" in text  # the help text as written, not doubled or dropped
+        assert "\n    python training/reproduce.py --pretrained outputs/convirt-demo" in text  # an example stays a line
+        assert "(default: [42, 1, 2])" in text
