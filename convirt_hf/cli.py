@@ -178,6 +178,26 @@ def check_transfer_grid(fractions: Sequence[float], tasks: Sequence[str]) -> lis
     return parsed
 
 
+def check_device(device: str) -> None:
+    """A device this machine has, so that a typo or a missing GPU fails before any model is loaded."""
+    import torch  # here: the argument checks of every script import this module, most never need torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"--device {device!r} is not a torch device: expected cpu, cuda, cuda:<index> or mps "
+                         f"({error})") from error
+    if parsed.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= available:
+            raise ValueError(f"--device {device}: this machine has {available} CUDA device(s)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: MPS is not available on this machine")
+    elif parsed.type != "cpu":
+        raise ValueError(f"--device {device!r}: expected cpu, cuda, cuda:<index> or mps")
+
+
 def _nearest_existing(path: Path) -> Path | None:
     return next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
 

@@ -392,13 +392,23 @@ def check_publish_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def check_space_folder(folder: str | os.PathLike) -> Path:
+    """Raises unless `folder` is a built Space folder: app.py, requirements.txt and a README.md card."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Space folder to upload {folder} does not exist")
+    missing = [name for name in ("app.py", "requirements.txt", "README.md") if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"{folder} is not a Space folder (missing {', '.join(missing)}): build it with "
+                         "convirt_hf.demo.space.build_space_folder (training/push.py --space_repo_id does)")
+    return folder
+
+
 def _checked_upload_folder(folder: str | os.PathLike, repo_type: str) -> Path:
     """The folder to upload, checked as what its repo type holds: a model folder, or the demo's Space folder."""
     if repo_type not in ("model", "space"):
         raise ValueError(f"repo_type must be 'model' or 'space', got {repo_type!r}")
     if repo_type == "space":
-        from convirt_hf.demo.space import check_space_folder
-
         return check_space_folder(folder)
     return check_publish_folder(folder)
 

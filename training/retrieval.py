@@ -39,6 +39,7 @@ import torch
 
 from convirt_hf.cli import (
     argument_errors,
+    check_device,
     check_existing_file,
     check_existing_folder,
     check_folder_path,
@@ -254,24 +255,6 @@ class RetrievalArguments:
         if self.retrieval_set is not None:
             return json.loads((Path(self.retrieval_set).expanduser() / "text_queries.json").read_text())
         return TEXT_QUERIES
-
-
-def check_device(device: str) -> None:
-    """A device this machine has, so that a typo or a missing GPU fails before any model is loaded."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"--device {device!r} is not a torch device: expected cpu, cuda, cuda:<index> or mps "
-                         f"({error})") from error
-    if parsed.type == "cuda":
-        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (parsed.index or 0) >= available:
-            raise ValueError(f"--device {device}: this machine has {available} CUDA device(s)")
-    elif parsed.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"--device {device}: MPS is not available on this machine")
-    elif parsed.type != "cpu":
-        raise ValueError(f"--device {device!r}: expected cpu, cuda, cuda:<index> or mps")
 
 
 def check_retrieval_set(folder: str) -> None:

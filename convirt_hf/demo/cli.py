@@ -15,7 +15,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convirt_hf.cli import argument_errors, check_existing_folder, check_folder_path, parse_arguments, positive, run_cli
+from convirt_hf.cli import (
+    argument_errors,
+    check_device,
+    check_existing_folder,
+    check_folder_path,
+    parse_arguments,
+    positive,
+    run_cli,
+)
 
 from .engine import DEFAULT_TOP_K, MAX_TOP_K
 from .gallery import DEFAULT_CACHE_DIR, DEFAULT_SPLIT, FolderGallery, is_saved_dataset
@@ -66,8 +74,6 @@ class DemoArguments:
         positive("max_image_megapixels", self.max_image_megapixels)
         positive("batch_size", self.batch_size)
         if self.device is not None:
-            from convirt_hf.training.retrieval import check_device
-
             check_device(self.device)
 
     def _check_model(self) -> None:

@@ -164,15 +164,3 @@ def build_space_folder(out_dir: str | os.PathLike, repo_id: str, *, per_category
         raise
     logger.info("built the Space folder %s for the model %s (%d gallery images)", out_dir, repo_id, count)
     return out_dir
-
-
-def check_space_folder(folder: str | os.PathLike) -> Path:
-    """Raises unless `folder` is a built Space folder: app.py, requirements.txt and a README.md card."""
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Space folder to upload {folder} does not exist")
-    missing = [name for name in ("app.py", "requirements.txt", "README.md") if not (folder / name).is_file()]
-    if missing:
-        raise ValueError(f"{folder} is not a Space folder (missing {', '.join(missing)}): build it with "
-                         "convirt_hf.demo.space.build_space_folder (training/push.py --space_repo_id does)")
-    return folder
