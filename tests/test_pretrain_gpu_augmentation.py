@@ -182,3 +182,15 @@ def test_a_poisoned_batch_is_caught_after_the_device_augmentation(tiny_corpus, t
     checkpoint = latest_checkpoint(output_dir / "checkpoints")
     assert checkpoint is not None and json.loads((checkpoint / "train_state.json").read_text())["step"] < 20
     assert all(torch.isfinite(tensor).all() for tensor in load_file(checkpoint / "model.safetensors").values())
+
+
+def test_the_default_run_makes_its_views_on_the_device():
+    """`make pretrain` passes no augmentation flag: its views are batched on the training device (the CPU of a CPU
+    run, where it measured faster, docs/performance.md); --gpu_augmentation false keeps the loader's views."""
+    from convirt_hf.cli import parse_arguments
+    from convirt_hf.pretraining import DataArguments, ModelArguments, PretrainingArguments
+
+    types = (ModelArguments, DataArguments, PretrainingArguments)
+    assert parse_arguments(types, [])[1].gpu_augmentation is True
+    assert parse_arguments(types, ["--config", "demo"])[1].gpu_augmentation is True
+    assert parse_arguments(types, ["--gpu_augmentation", "false"])[1].gpu_augmentation is False

@@ -48,6 +48,9 @@ CASES = [
     ("text_layers", ["--text_tower", "{bert}", "--text_layers", "4"],
      r"--text_layers shapes the from-scratch text tower \(--text_tower scratch\); --text_tower '.*bert' is a "
      r"pretrained tower"),
+    *[(flag, ["--text_tower", "{bert}", f"--{flag}", value],
+       rf"--{flag} shapes the from-scratch text tower \(--text_tower scratch\); --text_tower '.*bert' is a pretrained")
+      for flag, value in (("text_hidden_size", "64"), ("text_vocab_size", "500"), ("text_dropout", "0.2"))],
     ("text_hidden_size", ["--text_hidden_size", "0"], r"--text_hidden_size must be > 0"),
     ("text_hidden_size", ["--text_hidden_size", "200"], r"--text_hidden_size must be a multiple of its 3 attention"),
     ("text_vocab_size", ["--text_vocab_size", "-5"], r"--text_vocab_size must be > 0"),
