@@ -16,8 +16,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import HfArgumentParser
+
+from convirt_hf.evaluation.tasks import ClassificationTask, parse_task
 
 logger = logging.getLogger(__name__)
 
@@ -157,13 +160,11 @@ def check_fraction(name: str, value) -> None:
         raise ValueError(f"--{name} must be in (0, 1], got {value!r}")
 
 
-def check_transfer_grid(fractions: Sequence[float], tasks: Sequence[str]) -> list:
+def check_transfer_grid(fractions: Sequence[float], tasks: Sequence[str]) -> list[ClassificationTask]:
     """
     Checks a transfer evaluation's grid (--fractions, --tasks: at least one of each, fractions in (0, 1], no task
     named twice, whose rows would merge into one summary) and returns the tasks parsed (`ClassificationTask`s).
     """
-    from convirt_hf.evaluation.tasks import parse_task  # the evaluation package loads torch-side code; cli stays light
-
     if not fractions:
         raise ValueError("--fractions needs at least one label fraction, e.g. 0.01 0.1 1")
     for fraction in fractions:
@@ -180,8 +181,6 @@ def check_transfer_grid(fractions: Sequence[float], tasks: Sequence[str]) -> lis
 
 def check_device(device: str) -> None:
     """A device this machine has, so that a typo or a missing GPU fails before any model is loaded."""
-    import torch  # here: the argument checks of every script import this module, most never need torch
-
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as error:
