@@ -245,7 +245,7 @@ def bench_inference(args, device, work_dir: Path) -> dict:
     from datasets import load_from_disk
     from torch.utils.data import DataLoader
 
-    from convirt_hf.data.transforms import ConvirtEvalTransform
+    from convirt_hf.data.transforms import ConvirtEvalTransform, default_eval_resize
     from convirt_hf.evaluation.features import _EvalViews
 
     if args.dataset is not None:
@@ -262,7 +262,7 @@ def bench_inference(args, device, work_dir: Path) -> dict:
         encoder.to(memory_format=torch.channels_last)
     forward = torch.compile(encoder) if args.compile else encoder
     batch = args.inference_batch_size
-    transform = ConvirtEvalTransform(resize=round(args.image_size * 8 / 7), crop=args.image_size)
+    transform = ConvirtEvalTransform(resize=default_eval_resize(args.image_size), crop=args.image_size)
     loader = DataLoader(_EvalViews(records, transform), batch_size=batch, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
     needed = (args.warmup + args.steps) * batch

@@ -62,7 +62,8 @@ def configure_cpu_threads(device: torch.device | str = "cpu") -> tuple[int, str]
     if torch.device(device).type != "cpu":
         return torch.get_num_threads(), "GPU process: torch's default"
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    share = max(1, available_cores() // local_processes)
+    cores = available_cores()
+    share = max(1, cores // local_processes)
     if ACCELERATE_LAUNCH_MARKER in os.environ:
         choice = _launcher_thread_choice(os.getppid())
         if choice == "unknown":
@@ -73,6 +74,6 @@ def configure_cpu_threads(device: torch.device | str = "cpu") -> tuple[int, str]
     elif "OMP_NUM_THREADS" in os.environ:
         return torch.get_num_threads(), f"chosen with OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
     torch.set_num_threads(share)
-    why = f"{available_cores()} available core(s)" + (
+    why = f"{cores} available core(s)" + (
         f" shared by {local_processes} local processes" if local_processes > 1 else "")
     return torch.get_num_threads(), why

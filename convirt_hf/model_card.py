@@ -23,6 +23,8 @@ from typing import cast
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from convirt_hf.data.transforms import default_eval_resize
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE = "convirt_model_card.md"
@@ -414,7 +416,7 @@ def _eval_resize(output_dir: Path, config, data: dict) -> int:
         processor = json.loads((output_dir / "processor_config.json").read_text())
         return int(processor["image_processor"]["size"]["shortest_edge"])
     except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError):
-        return int(data.get("eval_resize") or config.image_size * 8 // 7)
+        return int(data.get("eval_resize") or default_eval_resize(config.image_size))
 
 
 def text_tower_origin(config, text_tower: dict) -> str:

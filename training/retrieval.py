@@ -51,6 +51,7 @@ from convirt_hf.cli import (
     positive,
     run_cli,
 )
+from convirt_hf.data.transforms import default_eval_resize
 from convirt_hf.evaluation.chexpert import load_text_queries
 from convirt_hf.evaluation.corpora import saved_splits
 from convirt_hf.evaluation.encoders import check_image_encoder_spec
@@ -357,7 +358,7 @@ def processor_view(model_dir: str | Path) -> tuple[int, int]:
     image_processor = json.loads(processor_file.read_text()).get("image_processor", {}) if processor_file.is_file() \
         else {}
     crop = int(image_processor.get("crop_size", {}).get("height", crop))
-    return crop, int(image_processor.get("size", {}).get("shortest_edge", round(crop * 8 / 7)))
+    return crop, int(image_processor.get("size", {}).get("shortest_edge", default_eval_resize(crop)))
 
 
 def baseline_view(args: RetrievalArguments) -> tuple[int | None, int | None]:

@@ -62,6 +62,7 @@ __all__ = [
     "ConvirtEvalTransform",
     "ConvirtTrainTransform",
     "apply_augmentation",
+    "default_eval_resize",
     "blur_kernel_size",
     "gaussian_blur",
     "normalize_view",
@@ -471,6 +472,11 @@ class ConvirtTrainTransform:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(output_size={self.output_size}, ranges={self.ranges})"
+
+
+def default_eval_resize(crop: int) -> int:
+    """The evaluation view's short side before its centre crop, when none is given: 8/7 of the crop (256 for 224)."""
+    return round(crop * 8 / 7)
 
 
 class ConvirtEvalTransform:

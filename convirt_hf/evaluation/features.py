@@ -84,10 +84,10 @@ def encode_splits(
     protocol (zero-pad to square, resize), or `"resize_crop"` (resize the short side to `resize`, by default 8/7 of
     the size, then centre crop).
     """
-    from convirt_hf.data.transforms import ConvirtEvalTransform
+    from convirt_hf.data.transforms import ConvirtEvalTransform, default_eval_resize
 
     size = encoder.image_size
-    transform = ConvirtEvalTransform(resize=resize or round(size * 8 / 7), crop=size, mode=eval_mode)
+    transform = ConvirtEvalTransform(resize=resize or default_eval_resize(size), crop=size, mode=eval_mode)
     device = torch.device(device) if device is not None else torch.device("cpu")
     encoder.model.to(device)
     return {

@@ -14,7 +14,12 @@ from convirt_hf.data.collate import ConvirtCollator
 from convirt_hf.data.gpu_augment import BatchedAugmentation, BatchParams, DecodedImage, batch_seed
 from convirt_hf.data.holdout import held_out_patients, patient_holdout, warn_if_patients_shared
 from convirt_hf.data.pairs import EpochShuffleSampler, PairViews
-from convirt_hf.data.transforms import AUGMENTATION_PRESETS, ConvirtEvalTransform, ConvirtTrainTransform
+from convirt_hf.data.transforms import (
+    AUGMENTATION_PRESETS,
+    ConvirtEvalTransform,
+    ConvirtTrainTransform,
+    default_eval_resize,
+)
 from convirt_hf.evaluation.zero_shot import load_retrieval_set
 from convirt_hf.frozen_text import FrozenTextFeatures
 
@@ -89,7 +94,7 @@ def hold_out_patients(records, size: int, seed: int):
 
 
 def build_dataloaders(train_records, validation_records, processor, data_args, args):
-    eval_resize = data_args.eval_resize or round(data_args.image_size * 8 / 7)
+    eval_resize = data_args.eval_resize or default_eval_resize(data_args.image_size)
     collator = ConvirtCollator(processor.tokenizer, max_length=data_args.max_length)
     train_transform = ConvirtTrainTransform(output_size=data_args.image_size,
                                             ranges=AUGMENTATION_PRESETS[data_args.augmentation])

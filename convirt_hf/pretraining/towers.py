@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import cast
 
 from convirt_hf import ConvirtConfig, ConvirtModel, ConvirtProcessor
+from convirt_hf.data.transforms import default_eval_resize
 from convirt_hf.modeling.configuration_convirt import check_partial_text_freezing
 from convirt_hf.text_towers import (
     SCRATCH,
@@ -158,7 +159,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, text_tower
                               else None),
             **config_fields,
         )
-    eval_resize = data_args.eval_resize or round(data_args.image_size * 8 / 7)
+    eval_resize = data_args.eval_resize or default_eval_resize(data_args.image_size)
     processor = ConvirtProcessor.from_tokenizer(tokenizer, image_size=data_args.image_size, resize_size=eval_resize)
     return processor, model
 

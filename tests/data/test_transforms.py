@@ -363,3 +363,11 @@ def test_the_decoded_image_cache_gives_the_same_views_and_decodes_each_image_onc
     # the plain views decode 18 times; the cache holds 4 of the 6 images, so only the other 2 are decoded again
     assert len(decoded) == 18 + 6 + 2 * 2
     assert cached.image_cache.used_bytes == 4 * one_image
+
+
+def test_the_default_evaluation_resize_is_eight_sevenths_of_the_crop_rounded():
+    """One definition for the processor a run saves, the evaluation loaders and the card's fallback (which once
+    floored: 109 for a 96 px crop, where the processor had 110)."""
+    from convirt_hf.data.transforms import default_eval_resize
+
+    assert [default_eval_resize(crop) for crop in (32, 64, 96, 224)] == [37, 73, 110, 256]
